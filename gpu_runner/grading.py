@@ -1,0 +1,313 @@
+"""Grade one job: prepare -> start -> collect -> report -> clean up.
+
+Trusted code, run by the worker outside the sandbox. It generates the cases from the job's
+secret seed, starts the harness with the student's files, hands it the inputs once the
+student's module is imported, checks each output as it arrives and decides the verdict.
+Whatever the submission does, this returns a result; an exception here is the worker's fault
+and becomes verdict ``error``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+import socket
+import sys
+import tempfile
+import textwrap
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from gpu_runner import launcher
+from gpu_runner.events import EventSink
+from labs.catalog import Lab, LabError, find_lab
+from labs.grading import CheckFailed
+
+HARNESS = Path(__file__).with_name("harness.py")
+MAX_OUTPUT_FILE_BYTES = 64 * 1024 * 1024
+CLEAN_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONHASHSEED": "0",
+}
+
+
+@dataclass
+class TestOutcome:
+    name: str
+    points: float
+    outcome: str = "not_run"  # passed | failed | not_run
+    message: str = ""
+    duration: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("name", "points", "outcome", "message", "duration")}
+
+
+@dataclass
+class Grading:
+    """What one job learns while it runs; ``report`` turns it into the result message."""
+
+    job_id: int | str
+    lab: Lab
+    sink: EventSink
+    cases: list[dict]
+    tests: list[TestOutcome]
+    workdir: Path
+    grader: object
+    metric: float | None = None
+    import_error: dict | None = None
+    marks: dict[str, float] = field(default_factory=dict)
+
+
+def grade(message: dict, sink: EventSink) -> dict:
+    """Grade the job described by ``message`` (see docs/architecture.md) and return its result."""
+    marks = {"received": time.time()}
+    sink.publish("status", {"state": "running", "detail": f"on {socket.gethostname()}"})
+    try:
+        grading = prepare(message, sink)
+    except LabError as exc:
+        return _infrastructure_error(message, sink, marks, f"the lab could not be loaded: {exc}")
+    except Exception:  # noqa: BLE001 - a grader bug is the infrastructure's fault, not the student's
+        return _infrastructure_error(message, sink, marks, "preparing the job failed:\n" + traceback.format_exc())
+    grading.marks = marks
+    try:
+        outcome = start(grading, message)
+        return report(grading, outcome, message)
+    except Exception:  # noqa: BLE001
+        return _infrastructure_error(message, sink, marks, "grading failed:\n" + traceback.format_exc())
+    finally:
+        clean_up(grading)
+
+
+def prepare(message: dict, sink: EventSink) -> Grading:
+    lab = find_lab(message["lab"]["slug"])
+    if lab.version != message["lab"]["version"]:
+        raise LabError(
+            f"this worker has {lab.slug} version {lab.version} but the job needs version "
+            f"{message['lab']['version']}; deploy the same labs/ to the portal and the workers"
+        )
+    grader = lab.load_grader()
+    cases = grader.cases(int(message["seed"]))
+    workdir = Path(tempfile.mkdtemp(prefix=f"aisys-job-{message['job_id']}-"))
+    for name, text in message["files"].items():
+        if name not in lab.allowed_files:
+            raise LabError(f"file {name!r} is not allowed by the lab")
+        (workdir / name).write_text(text, encoding="utf-8")
+    run_source = textwrap.dedent(inspect.getsource(grader.run))
+    (workdir / "_lab_run.py").write_text(run_source, encoding="utf-8")
+    tests = [TestOutcome(name=c["name"], points=float(c.get("points", 1.0))) for c in cases]
+    sink.publish("progress", {"phase": "tests", "done": 0, "total": len(cases)})
+    return Grading(
+        job_id=message["job_id"], lab=lab, sink=sink, cases=cases, tests=tests, workdir=workdir, grader=grader
+    )
+
+
+def start(grading: Grading, message: dict) -> launcher.ProcessOutcome:
+    limits = {**grading.lab.limits.as_dict(), **message.get("limits", {})}
+    env = {**CLEAN_ENV, "HOME": str(grading.workdir)}
+    if grading.lab.is_gpu and not torch.cuda.is_available():
+        env["TRITON_INTERPRET"] = "1"
+    argv = [
+        sys.executable,
+        "-I",
+        "-u",
+        str(HARNESS),
+        str(grading.workdir),
+        grading.lab.entry,
+        ",".join(grading.lab.forbidden),
+    ]
+    grading.marks["launched"] = time.time()
+    return launcher.launch(
+        argv,
+        cwd=str(grading.workdir),
+        env=env,
+        limits=limits,
+        on_output=lambda text: grading.sink.publish("log", {"stream": "output", "text": text}),
+        on_event=lambda event: collect(grading, event),
+    )
+
+
+def collect(grading: Grading, event: dict) -> bytes | None:
+    """Handle one event from the harness; checks each case's output as soon as it is written."""
+    kind = event["type"]
+    if kind == "started":
+        grading.marks.setdefault("harness_started", time.time())
+    elif kind == "imported":
+        payload = {"cases": [{"name": c["name"], "inputs": c["inputs"]} for c in grading.cases]}
+        torch.save(payload, grading.workdir / "_cases.pt")
+        grading.marks["imported"] = time.time()
+        return b"go\n"
+    elif kind == "import_failed":
+        grading.import_error = _read_output(grading, "import").get("error")
+    elif kind == "case_done" and isinstance(event.get("index"), int) and 0 <= event["index"] < len(grading.cases):
+        _check_case(grading, event["index"], float(event.get("duration", 0.0)))
+    return None
+
+
+def _check_case(grading: Grading, index: int, duration: float) -> None:
+    test = grading.tests[index]
+    if test.outcome != "not_run":
+        return  # each case is checked once, however often the channel repeats itself
+    test.duration = round(duration, 4)
+    record = _read_output(grading, index)
+    if not record.get("ok"):
+        test.outcome, test.message = "failed", _describe_error(record.get("error") or {})
+    else:
+        try:
+            verdict = grading.grader.check(grading.cases[index], record.get("value"))
+            test.outcome = "passed"
+            if isinstance(verdict, dict) and isinstance(verdict.get("metric"), (int, float)):
+                grading.metric = float(verdict["metric"])
+        except CheckFailed as exc:
+            test.outcome, test.message = "failed", str(exc)
+        except Exception as exc:  # noqa: BLE001 - malformed output tripping the checker
+            test.outcome, test.message = "failed", f"the output could not be checked: {type(exc).__name__}: {exc}"
+    grading.sink.publish("test", test.as_dict())
+    done = sum(t.outcome != "not_run" for t in grading.tests)
+    grading.sink.publish("progress", {"phase": "tests", "done": done, "total": len(grading.tests)})
+
+
+def _read_output(grading: Grading, index: int | str) -> dict:
+    path = grading.workdir / "_outputs" / f"{index}.pt"
+    try:
+        if path.stat().st_size > MAX_OUTPUT_FILE_BYTES:
+            return {
+                "ok": False,
+                "error": {"type": "OutputTooLarge", "message": f"the output is over {MAX_OUTPUT_FILE_BYTES >> 20} MiB"},
+            }
+        record = torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        return {"ok": False, "error": {"type": "NoOutput", "message": "the harness wrote no output for this case"}}
+    except Exception as exc:  # noqa: BLE001 - a subclass, a pickle trick, a truncated file
+        return {
+            "ok": False,
+            "error": {
+                "type": "BadOutput",
+                "message": "run() returned something other than plain tensors, numbers, strings, lists and dicts "
+                f"({type(exc).__name__}: {str(exc)[:300]})",
+            },
+        }
+    return (
+        record
+        if isinstance(record, dict)
+        else {"ok": False, "error": {"type": "BadOutput", "message": "malformed output"}}
+    )
+
+
+def _describe_error(error: dict) -> str:
+    if error.get("forbidden"):
+        return error.get("message", "forbidden call")
+    text = f"raised {error.get('type', 'an error')}: {error.get('message', '')}"
+    if error.get("traceback"):
+        text += "\n" + _student_frames(error["traceback"])
+    return text
+
+
+def _student_frames(trace: str) -> str:
+    """The last lines of a traceback, where the student's code usually is."""
+    lines = [line for line in trace.strip().splitlines() if line.strip()]
+    return "\n".join(lines[-8:])
+
+
+def report(grading: Grading, outcome: launcher.ProcessOutcome, message: dict) -> dict:
+    tests = grading.tests
+    finished = all(t.outcome != "not_run" for t in tests)
+    failed = [t for t in tests if t.outcome == "failed"]
+    limits = {**grading.lab.limits.as_dict(), **message.get("limits", {})}
+    if grading.import_error is not None:
+        verdict, reason = "failed", "import_error"
+        summary = f"Your module could not be imported: {_describe_error(grading.import_error)}"
+    elif outcome.timed_out:
+        verdict, reason = "timed_out", "time_limit"
+        running = next((t.name for t in tests if t.outcome == "not_run"), None)
+        where = f" while running test '{running}'" if running else ""
+        summary = f"Time limit exceeded: the job ran for more than {limits['wall_seconds']:g} s{where}."
+    elif outcome.output_limited:
+        verdict, reason = "failed", "output_limit"
+        summary = f"Output limit exceeded: your code printed more than {limits['output_bytes']} bytes; print less."
+    elif outcome.signal_name == "SIGXCPU":
+        verdict, reason = "failed", "cpu_limit"
+        summary = f"CPU time limit of {limits['cpu_seconds']:g} s exceeded."
+    elif not finished:
+        verdict, reason = "failed", "crashed"
+        how = (
+            f"was killed by {outcome.signal_name}" if outcome.signal_name else f"exited with code {outcome.returncode}"
+        )
+        running = next((t.name for t in tests if t.outcome == "not_run"), "?")
+        summary = f"Your code crashed: the process {how} during test '{running}'."
+    elif failed:
+        forbidden = any(t.message.startswith("forbidden call") for t in failed)
+        verdict, reason = "failed", "forbidden_call" if forbidden else "wrong_answer"
+        summary = f"{len(failed)} of {len(tests)} tests failed: " + ", ".join(t.name for t in failed)
+    else:
+        verdict, reason, summary = "succeeded", "", f"All {len(tests)} tests passed."
+    for test in tests:
+        if test.outcome == "not_run":
+            test.outcome, test.message = "failed", f"not run: the job stopped first ({reason.replace('_', ' ')})"
+            grading.sink.publish("test", test.as_dict())
+    total = sum(t.points for t in tests)
+    score = round(100.0 * sum(t.points for t in tests if t.outcome == "passed") / total, 2) if total else 0.0
+    marks = grading.marks
+    finished_at = time.time()
+    result = {
+        "job_id": message["job_id"],
+        "verdict": verdict,
+        "reason": reason,
+        "score": score,
+        "metric": grading.metric if verdict == "succeeded" else None,
+        "summary": summary,
+        "tests": [t.as_dict() for t in tests],
+        "output_tail": outcome.output_tail,
+        "worker": socket.gethostname(),
+        "lab_version": grading.lab.version,
+        "timings": _timings(marks, message, finished_at),
+    }
+    grading.sink.publish("result", {k: result[k] for k in ("verdict", "reason", "score", "metric", "summary")})
+    return result
+
+
+def _timings(marks: dict, message: dict, finished_at: float) -> dict:
+    launched = marks.get("launched", finished_at)
+    ready = marks.get("harness_started", launched)
+    timings = {
+        "process_start": round(ready - launched, 4),
+        "grading": round(finished_at - ready, 4),
+        "worker_total": round(finished_at - marks["received"], 4),
+    }
+    if message.get("dispatched_at"):
+        timings["queue_wait"] = round(marks["received"] - float(message["dispatched_at"]), 4)
+    return timings
+
+
+def _infrastructure_error(message: dict, sink: EventSink, marks: dict, detail: str) -> dict:
+    summary = "The grader failed (not your fault); the job will be retried. " + detail.strip().splitlines()[-1]
+    result = {
+        "job_id": message.get("job_id"),
+        "verdict": "error",
+        "reason": "infrastructure",
+        "score": 0.0,
+        "metric": None,
+        "summary": summary,
+        "detail": detail[-4000:],
+        "tests": [],
+        "output_tail": "",
+        "worker": socket.gethostname(),
+        "lab_version": message.get("lab", {}).get("version"),
+        "timings": _timings(marks, message, time.time()),
+    }
+    sink.publish("result", {k: result[k] for k in ("verdict", "reason", "score", "metric", "summary")})
+    return result
+
+
+def clean_up(grading: Grading) -> None:
+    shutil.rmtree(grading.workdir, ignore_errors=True)
+    grading.sink.close()

@@ -1,0 +1,217 @@
+"""Load lab folders: ``lab.toml``, ``README.md``, ``starter/``, ``grader.py``, ``solutions/``.
+
+A lab is data plus a grader. The portal reads metadata and instructions from here (and stores
+them with ``manage.py sync_labs``); the runner reads the grader. Nothing here imports Django.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+LABS_ROOT = Path(os.environ.get("LABS_DIR", Path(__file__).resolve().parent))
+SLUG_RE = re.compile(r"^[a-z][a-z0-9_]{1,48}$")
+FILE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.py$")
+RESOURCE_CLASS_RE = re.compile(r"^(cpu|gpu|gpu\.x[2-8])$")
+
+
+class LabError(Exception):
+    """A lab folder is malformed; the message names the file and what to fix."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-job resource limits; safe defaults, overridden by ``[limits]`` in lab.toml."""
+
+    wall_seconds: float = 60.0
+    cpu_seconds: float = 120.0
+    memory_mb: int = 2048
+    processes: int = 64
+    file_size_mb: int = 64
+    output_bytes: int = 1_000_000
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    unit: str
+    direction: str  # "lower" or "higher" is better
+
+
+@dataclass(frozen=True)
+class Solution:
+    """A reference submission shipped with the lab, with the outcome it must get."""
+
+    name: str
+    kind: str  # "correct" | "wrong" | "starter"
+    files: dict[str, str]
+    expected_verdict: str
+    expected_messages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Lab:
+    slug: str
+    path: Path
+    title: str
+    summary: str
+    version: int
+    entry: str
+    allowed_files: tuple[str, ...]
+    resource_class: str
+    limits: Limits
+    metric: Metric | None
+    source_course: str
+    forbidden: tuple[str, ...]
+    max_file_bytes: int
+    world_size: int = 1
+    readme: str = field(default="", repr=False)
+    content_hash: str = ""
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.resource_class.startswith("gpu")
+
+    def starter_files(self) -> dict[str, str]:
+        return _read_py_files(self.path / "starter")
+
+    def solutions(self) -> list[Solution]:
+        found = [Solution("starter", "starter", self.starter_files(), "failed")]
+        correct = self.path / "solutions" / "correct"
+        if correct.is_dir():
+            found.append(Solution("correct", "correct", _read_py_files(correct), "succeeded"))
+        wrong_root = self.path / "solutions" / "wrong"
+        for folder in sorted(p for p in wrong_root.glob("*") if p.is_dir()) if wrong_root.is_dir() else []:
+            expected = _load_toml(folder / "expected.toml") if (folder / "expected.toml").exists() else {}
+            found.append(
+                Solution(
+                    name=folder.name,
+                    kind="wrong",
+                    files=_read_py_files(folder),
+                    expected_verdict=expected.get("verdict", "failed"),
+                    expected_messages=tuple(expected.get("messages", ())),
+                )
+            )
+        return found
+
+    def load_grader(self) -> ModuleType:
+        """Import this lab's grader.py (trusted code: only the runner outside the sandbox calls this)."""
+        grader_path = self.path / "grader.py"
+        spec = importlib.util.spec_from_file_location(f"aisys_lab_grader_{self.slug}", grader_path)
+        if spec is None or spec.loader is None:
+            raise LabError(f"{grader_path}: cannot be imported")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for name in ("cases", "run", "check"):
+            if not callable(getattr(module, name, None)):
+                raise LabError(f"{grader_path}: must define a function {name}()")
+        return module
+
+
+def _load_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LabError(f"{path} is missing") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise LabError(f"{path}: invalid TOML: {exc}") from None
+
+
+def _read_py_files(folder: Path) -> dict[str, str]:
+    return {p.name: p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.py"))} if folder.is_dir() else {}
+
+
+def content_hash(folder: Path) -> str:
+    """A hash of every file of the lab, so a change without a version bump is noticed."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def load_lab(path: Path | str) -> Lab:
+    folder = Path(path).resolve()
+    meta = _load_toml(folder / "lab.toml")
+    where = folder / "lab.toml"
+
+    def need(key: str, kind: type):
+        value = meta.get(key)
+        if not isinstance(value, kind):
+            raise LabError(f"{where}: '{key}' must be a {kind.__name__}")
+        return value
+
+    slug = need("slug", str)
+    if not SLUG_RE.match(slug) or slug != folder.name:
+        raise LabError(f"{where}: slug '{slug}' must be lower_snake_case and equal the folder name '{folder.name}'")
+    entry = need("entry", str)
+    allowed = tuple(meta.get("allowed_files", [entry]))
+    for name in allowed:
+        if not FILE_NAME_RE.match(name):
+            raise LabError(f"{where}: allowed file '{name}' must be a plain Python module name like 'my_op.py'")
+    if entry not in allowed:
+        raise LabError(f"{where}: entry '{entry}' must be one of allowed_files {list(allowed)}")
+    resource_class = meta.get("resource_class", "cpu")
+    if not RESOURCE_CLASS_RE.match(resource_class):
+        raise LabError(f"{where}: resource_class '{resource_class}' must be cpu, gpu or gpu.xN")
+    limit_defaults = Limits()
+    limits_table = meta.get("limits", {})
+    unknown = set(limits_table) - set(limit_defaults.__dict__)
+    if unknown:
+        raise LabError(f"{where}: unknown [limits] keys {sorted(unknown)}; known: {sorted(limit_defaults.__dict__)}")
+    limits = Limits(**{**limit_defaults.__dict__, **limits_table})
+    metric = None
+    if "metric" in meta:
+        table = meta["metric"]
+        if table.get("direction") not in ("lower", "higher"):
+            raise LabError(f"{where}: [metric] direction must be 'lower' or 'higher'")
+        metric = Metric(
+            name=str(table.get("name", "metric")), unit=str(table.get("unit", "")), direction=table["direction"]
+        )
+    readme_path = folder / "README.md"
+    if not readme_path.exists():
+        raise LabError(f"{readme_path} is missing: students need instructions")
+    if not (folder / "grader.py").exists():
+        raise LabError(f"{folder / 'grader.py'} is missing")
+    return Lab(
+        slug=slug,
+        path=folder,
+        title=need("title", str),
+        summary=meta.get("summary", ""),
+        version=need("version", int),
+        entry=entry,
+        allowed_files=allowed,
+        resource_class=resource_class,
+        limits=limits,
+        metric=metric,
+        source_course=meta.get("source_course", ""),
+        forbidden=tuple(meta.get("forbidden", ())),
+        max_file_bytes=int(meta.get("max_file_bytes", 256 * 1024)),
+        world_size=int(meta.get("world_size", 1)),
+        readme=readme_path.read_text(encoding="utf-8"),
+        content_hash=content_hash(folder),
+    )
+
+
+def discover_labs(root: Path | str = LABS_ROOT) -> list[Lab]:
+    """Every lab folder under ``root`` (a folder holding a lab.toml), sorted by slug."""
+    return [load_lab(p.parent) for p in sorted(Path(root).glob("*/lab.toml"))]
+
+
+def find_lab(slug: str, root: Path | str = LABS_ROOT) -> Lab:
+    if not SLUG_RE.match(slug):
+        raise LabError(f"'{slug}' is not a lab slug")
+    folder = Path(root) / slug
+    if not (folder / "lab.toml").exists():
+        known = ", ".join(lab.slug for lab in discover_labs(root)) or "none"
+        raise LabError(f"no lab '{slug}' in {root} (known: {known})")
+    return load_lab(folder)

@@ -1,0 +1,32 @@
+"""The portal's Celery app: records results, dispatches queued jobs and reaps lost ones.
+
+It consumes only the ``portal`` queue; grading runs on the gpu_runner workers, reached by task
+name (``send_task``), never by import.
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+
+app = Celery("portal")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    task_default_queue="portal",
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    beat_schedule={
+        "dispatch-and-reap": {
+            "task": "portal.jobs_sweep",
+            "schedule": float(os.environ.get("JOB_DISPATCH_INTERVAL_SECONDS", "5")),
+            "options": {"queue": "portal", "expires": 30},
+        }
+    },
+)
+app.autodiscover_tasks(["portal.submissions"])

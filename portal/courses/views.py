@@ -1,0 +1,133 @@
+import io
+import zipfile
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+
+from portal.courses.models import Course
+from portal.courses.selectors import (
+    assignment_for_user,
+    assignments_for_user,
+    course_role,
+    courses_for_user,
+    is_course_staff,
+)
+from portal.leaderboards.selectors import leaderboard_for_assignment
+from portal.submissions.forms import SubmitForm
+from portal.submissions.models import Job
+from portal.submissions.selectors import submissions_for_assignment
+from portal.submissions.services import SubmissionRefused, check_submission_allowed, submission_create
+
+
+@login_required
+def home(request):
+    return render(request, "courses/home.html", {"courses": courses_for_user(user=request.user)})
+
+
+@login_required
+def course_detail(request, course_slug: str):
+    course = get_object_or_404(Course, slug=course_slug, is_active=True)
+    role = course_role(course=course, user=request.user)
+    if role is None:
+        raise Http404("No such course, or you are not enrolled in it.")
+    return render(
+        request,
+        "courses/course.html",
+        {
+            "course": course,
+            "role": role,
+            "assignments": assignments_for_user(course=course, user=request.user),
+            "now": timezone.now(),
+        },
+    )
+
+
+def _assignment_or_404(request, course_slug: str, assignment_slug: str):
+    assignment = assignment_for_user(course_slug=course_slug, assignment_slug=assignment_slug, user=request.user)
+    if assignment is None:
+        raise Http404("No such assignment, or it is not open to you.")
+    return assignment
+
+
+@login_required
+def assignment_detail(request, course_slug: str, assignment_slug: str):
+    assignment = _assignment_or_404(request, course_slug, assignment_slug)
+    refusal = None
+    try:
+        check_submission_allowed(user=request.user, assignment=assignment)
+    except SubmissionRefused as exc:
+        refusal = str(exc)
+    form = SubmitForm(assignment=assignment)
+    if request.method == "POST":
+        form = SubmitForm(request.POST, request.FILES, assignment=assignment)
+        if refusal is None and form.is_valid():
+            submission = submission_create(
+                student=request.user, assignment=assignment, files=form.decoded, source=form.source
+            )
+            return redirect("submissions:detail", submission_id=submission.pk)
+        if refusal:
+            messages.error(request, refusal)
+    recent = submissions_for_assignment(assignment=assignment).filter(student=request.user)[:10]
+    return render(
+        request,
+        "courses/assignment.html",
+        {
+            "assignment": assignment,
+            "course": assignment.course,
+            "lab": assignment.lab,
+            "form": form,
+            "refusal": refusal,
+            "recent": recent,
+            "is_staff": is_course_staff(course=assignment.course, user=request.user),
+        },
+        status=400 if request.method == "POST" else 200,
+    )
+
+
+@login_required
+def starter_download(request, course_slug: str, assignment_slug: str):
+    assignment = _assignment_or_404(request, course_slug, assignment_slug)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, text in assignment.lab.starter_files.items():
+            archive.writestr(f"{assignment.lab.slug}/{name}", text)
+        archive.writestr(f"{assignment.lab.slug}/README.md", assignment.lab.readme)
+    response = HttpResponse(buffer.getvalue(), content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="{assignment.lab.slug}-starter.zip"'
+    return response
+
+
+@login_required
+def leaderboard(request, course_slug: str, assignment_slug: str):
+    assignment = _assignment_or_404(request, course_slug, assignment_slug)
+    return render(
+        request,
+        "leaderboards/leaderboard.html",
+        {
+            "assignment": assignment,
+            "course": assignment.course,
+            "lab": assignment.lab,
+            "rows": leaderboard_for_assignment(assignment=assignment),
+        },
+    )
+
+
+@login_required
+def staff_submissions(request, course_slug: str, assignment_slug: str):
+    assignment = _assignment_or_404(request, course_slug, assignment_slug)
+    if not is_course_staff(course=assignment.course, user=request.user):
+        raise Http404("Only the course's staff can see every submission.")
+    submissions = submissions_for_assignment(assignment=assignment)[:500]
+    counts = {state: 0 for state in Job.State.values}
+    for submission in submissions:
+        jobs = list(submission.jobs.all())
+        if jobs:
+            counts[jobs[0].state] += 1
+    return render(
+        request,
+        "courses/staff_submissions.html",
+        {"assignment": assignment, "course": assignment.course, "submissions": submissions, "counts": counts},
+    )

@@ -1,0 +1,66 @@
+"""Keep each student's best result per assignment and announce changes to live viewers."""
+
+from __future__ import annotations
+
+import logging
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+from portal.courses.models import Enrollment
+from portal.leaderboards.models import LeaderboardEntry
+
+log = logging.getLogger(__name__)
+
+
+def leaderboard_group(assignment_id: int) -> str:
+    return f"leaderboard_{assignment_id}"
+
+
+def _better(*, score: float, metric: float | None, than: LeaderboardEntry, direction: str) -> bool:
+    if score != than.score:
+        return score > than.score
+    if metric is None:
+        return False
+    if than.metric is None:
+        return True
+    return metric < than.metric if direction == "lower" else metric > than.metric
+
+
+def leaderboard_record_job(*, job) -> LeaderboardEntry | None:
+    """Make ``job`` the student's entry if it beats their best; staff test runs are not ranked."""
+    submission = job.submission
+    assignment = submission.assignment
+    if job.score is None:
+        return None
+    if not Enrollment.objects.filter(
+        course_id=assignment.course_id, user_id=submission.student_id, role=Enrollment.Role.STUDENT
+    ).exists():
+        return None
+    entry = (
+        LeaderboardEntry.objects.select_for_update()
+        .filter(assignment=assignment, student_id=submission.student_id)
+        .first()
+    )
+    if entry is not None and not _better(
+        score=job.score, metric=job.metric, than=entry, direction=assignment.lab.metric_direction or "higher"
+    ):
+        return entry
+    entry, _ = LeaderboardEntry.objects.update_or_create(
+        assignment=assignment,
+        student_id=submission.student_id,
+        defaults={"job": job, "score": job.score, "metric": job.metric, "achieved_at": job.finished_at},
+    )
+    transaction.on_commit(lambda: leaderboard_announce(assignment_id=assignment.pk))
+    return entry
+
+
+def leaderboard_announce(*, assignment_id: int) -> None:
+    """Tell open leaderboard pages to refresh; best effort (the page also loads fresh on reload)."""
+    try:
+        async_to_sync(get_channel_layer().group_send)(
+            leaderboard_group(assignment_id), {"type": "leaderboard.changed", "assignment_id": assignment_id}
+        )
+    except Exception as exc:  # noqa: BLE001
+        log.warning("leaderboard %s: push failed (%s)", assignment_id, exc)

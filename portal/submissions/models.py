@@ -1,0 +1,103 @@
+from django.conf import settings
+from django.db import models
+
+
+class Submission(models.Model):
+    """What a student handed in: the files, once. Each grading attempt is a Job."""
+
+    class Source(models.TextChoices):
+        UPLOAD = "upload", "Upload"
+        PASTE = "paste", "Paste"
+        CLI = "cli", "Command line"
+
+    assignment = models.ForeignKey("courses.Assignment", on_delete=models.CASCADE, related_name="submissions")
+    student = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="submissions")
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.UPLOAD)
+    is_late = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["assignment", "student", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"submission {self.pk} by {self.student} for {self.assignment}"
+
+
+class SubmissionFile(models.Model):
+    submission = models.ForeignKey(Submission, on_delete=models.CASCADE, related_name="files")
+    name = models.CharField(max_length=100)
+    content = models.TextField()
+    size = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["submission", "name"], name="unique_file_per_submission")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Job(models.Model):
+    """One attempt to grade a submission. Its state is the record of truth (ARCHITECTURE.md)."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        DISPATCHED = "dispatched", "Dispatched"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        ERROR = "error", "Error"
+        TIMED_OUT = "timed_out", "Timed out"
+        CANCELLED = "cancelled", "Cancelled"
+
+    FINAL_STATES = frozenset({State.SUCCEEDED, State.FAILED, State.ERROR, State.TIMED_OUT, State.CANCELLED})
+    ACTIVE_STATES = frozenset({State.QUEUED, State.DISPATCHED, State.RUNNING})
+
+    submission = models.ForeignKey(Submission, on_delete=models.CASCADE, related_name="jobs")
+    attempt = models.PositiveSmallIntegerField(default=1)
+    state = models.CharField(max_length=12, choices=State.choices, default=State.QUEUED, db_index=True)
+    seed = models.BigIntegerField(help_text="Secret: the cases are generated from it")
+    resource_class = models.CharField(max_length=20, default="cpu")
+    lab_version = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    recorded_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    score = models.FloatField(null=True, blank=True)
+    metric = models.FloatField(null=True, blank=True)
+    reason = models.CharField(max_length=40, blank=True)
+    summary = models.TextField(blank=True)
+    output_tail = models.TextField(blank=True)
+    result = models.JSONField(null=True, blank=True)
+    events_archived = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["state", "resource_class", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"job {self.pk} ({self.state})"
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in self.FINAL_STATES
+
+
+class JobEvent(models.Model):
+    """An event of a finished job, archived from its Redis Stream so the log outlives the stream."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    type = models.CharField(max_length=20)
+    ts = models.FloatField()
+    data = models.JSONField()
+
+    class Meta:
+        ordering = ["job", "seq"]
+        constraints = [models.UniqueConstraint(fields=["job", "seq"], name="unique_event_seq_per_job")]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} event {self.seq} ({self.type})"

@@ -1,0 +1,98 @@
+"""Reads on submissions and jobs, with who-may-see-what in one place."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import AnonymousUser, User
+from django.db.models import Prefetch, QuerySet
+
+from portal.courses.models import Assignment
+from portal.courses.selectors import is_course_staff
+from portal.submissions.models import Job, JobEvent, Submission
+
+
+def can_view_submission(*, user: User | AnonymousUser, submission: Submission) -> bool:
+    if not user.is_authenticated:
+        return False
+    return submission.student_id == user.pk or is_course_staff(course=submission.assignment.course, user=user)
+
+
+def submission_for_viewer(*, submission_id: int, user: User) -> Submission | None:
+    submission = (
+        Submission.objects.select_related("assignment__course", "assignment__lab", "student")
+        .prefetch_related("files", Prefetch("jobs", queryset=Job.objects.order_by("-attempt")))
+        .filter(pk=submission_id)
+        .first()
+    )
+    if submission is None or not can_view_submission(user=user, submission=submission):
+        return None
+    return submission
+
+
+def job_for_viewer(*, job_id: int, user: User | AnonymousUser) -> Job | None:
+    job = Job.objects.select_related("submission__assignment__course").filter(pk=job_id).first()
+    if job is None or not can_view_submission(user=user, submission=job.submission):
+        return None
+    return job
+
+
+def job_latest(*, submission: Submission) -> Job | None:
+    return submission.jobs.order_by("-attempt").first()
+
+
+def job_queue_position(*, job: Job) -> int | None:
+    """1 when the job is next in its resource class's queue; None once it is running or done."""
+    if job.state not in (Job.State.QUEUED, Job.State.DISPATCHED):
+        return None
+    ahead = Job.objects.filter(
+        state__in=(Job.State.QUEUED, Job.State.DISPATCHED), resource_class=job.resource_class, pk__lt=job.pk
+    ).count()
+    return ahead + 1
+
+
+def job_snapshot(*, job: Job) -> dict:
+    """What the submission page shows of a job, as JSON (also polled while the job waits)."""
+    latest = job_latest(submission=job.submission)
+    return {
+        "id": job.pk,
+        "submission_id": job.submission_id,
+        "attempt": job.attempt,
+        "state": job.state,
+        "is_final": job.is_final,
+        "queue_position": job_queue_position(job=job),
+        "score": job.score,
+        "metric": job.metric,
+        "reason": job.reason,
+        "summary": job.summary,
+        "latest_job_id": latest.pk if latest else job.pk,
+    }
+
+
+def job_archived_events(*, job_id: int, after: int) -> list[dict]:
+    return [
+        {"seq": e.seq, "type": e.type, "ts": e.ts, "data": e.data}
+        for e in JobEvent.objects.filter(job_id=job_id, seq__gt=after).order_by("seq")
+    ]
+
+
+def job_stream_access(*, job_id: int, user: User | AnonymousUser) -> dict | None:
+    """For the websocket consumer: None if the user may not watch the job, else what it needs."""
+    job = job_for_viewer(job_id=job_id, user=user)
+    if job is None:
+        return None
+    return {"id": job.pk, "state": job.state, "events_archived": job.events_archived}
+
+
+def submissions_for_student(*, user: User) -> QuerySet[Submission]:
+    return (
+        Submission.objects.filter(student=user)
+        .select_related("assignment__course", "assignment__lab")
+        .prefetch_related(Prefetch("jobs", queryset=Job.objects.order_by("-attempt")))
+    )
+
+
+def submissions_for_assignment(*, assignment: Assignment) -> QuerySet[Submission]:
+    return (
+        Submission.objects.filter(assignment=assignment)
+        .select_related("student")
+        .prefetch_related(Prefetch("jobs", queryset=Job.objects.order_by("-attempt")))
+    )

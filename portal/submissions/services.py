@@ -1,0 +1,299 @@
+"""Writes on submissions and jobs: create, dispatch, record, retry, reap.
+
+The job state machine of ARCHITECTURE.md lives here (``job_transition``); every transition is
+persisted, and every side effect (enqueueing, websocket pushes) fires after commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import UTC, datetime, timedelta
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import RedisError
+
+from portal.celery import app as celery_app
+from portal.courses.models import Assignment
+from portal.courses.selectors import course_role
+from portal.leaderboards.services import leaderboard_record_job
+from portal.submissions import streams
+from portal.submissions.models import Job, JobEvent, Submission, SubmissionFile
+
+log = logging.getLogger(__name__)
+State = Job.State
+
+ALLOWED_TRANSITIONS = {
+    State.QUEUED: {State.DISPATCHED, State.CANCELLED, *Job.FINAL_STATES},
+    State.DISPATCHED: {State.QUEUED, State.RUNNING, *Job.FINAL_STATES},
+    State.RUNNING: set(Job.FINAL_STATES),
+}
+
+
+class SubmissionRefused(Exception):
+    """The submission cannot be accepted; the message tells the student why and what to do."""
+
+
+class JobStateError(Exception):
+    pass
+
+
+def check_submission_allowed(*, user: User, assignment: Assignment) -> None:
+    role = course_role(course=assignment.course, user=user)
+    if role is None:
+        raise SubmissionRefused("You are not enrolled in this course.")
+    if role != "student":
+        return  # staff may always test an assignment
+    now = timezone.now()
+    if not assignment.is_visible or assignment.opens_at > now:
+        raise SubmissionRefused("This assignment is not open for submissions yet.")
+    if assignment.due_at < now and not assignment.accepts_late:
+        raise SubmissionRefused(
+            f"The deadline passed on {timezone.localtime(assignment.due_at):%Y-%m-%d %H:%M %Z}; "
+            "this assignment does not accept late submissions."
+        )
+
+
+def check_submission_files(*, assignment: Assignment, files: dict[str, bytes]) -> dict[str, str]:
+    """Validate uploaded or pasted files and decode them; raises SubmissionRefused naming the problem."""
+    lab = assignment.lab
+    if not files:
+        raise SubmissionRefused(f"Nothing was submitted: upload {lab.entry} or paste its contents.")
+    limit = min(lab.max_file_bytes, settings.SUBMISSION_MAX_FILE_BYTES)
+    decoded = {}
+    for name, content in files.items():
+        if name not in lab.allowed_files:
+            raise SubmissionRefused(
+                f"'{name}' is not a file this lab accepts; name your file {' or '.join(lab.allowed_files)}."
+            )
+        if len(content) > limit:
+            raise SubmissionRefused(
+                f"{name} is {len(content):,} bytes; the limit is {limit:,} bytes. Submit source code only "
+                "(no data or model weights)."
+            )
+        if not content.strip():
+            raise SubmissionRefused(f"{name} is empty.")
+        try:
+            decoded[name] = content.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SubmissionRefused(
+                f"{name} is not UTF-8 text (byte {exc.start} cannot be decoded); save it as UTF-8 and retry."
+            ) from None
+        if "\x00" in decoded[name]:
+            raise SubmissionRefused(f"{name} contains NUL bytes; submit a Python source file.")
+    if lab.entry not in decoded:
+        raise SubmissionRefused(f"{lab.entry} is required: it is the module the grader imports.")
+    return decoded
+
+
+@transaction.atomic
+def submission_create(
+    *, student: User, assignment: Assignment, files: dict[str, str], source: str = Submission.Source.UPLOAD
+) -> Submission:
+    """Store the submission and its first job, then dispatch the job after commit.
+
+    If the broker is down the job simply stays queued; the sweeper dispatches it later.
+    """
+    submission = Submission.objects.create(
+        assignment=assignment, student=student, source=source, is_late=assignment.due_at < timezone.now()
+    )
+    SubmissionFile.objects.bulk_create(
+        SubmissionFile(submission=submission, name=name, content=text, size=len(text.encode()))
+        for name, text in files.items()
+    )
+    job_create(submission=submission)
+    return submission
+
+
+def job_create(*, submission: Submission, attempt: int = 1) -> Job:
+    lab = submission.assignment.lab
+    job = Job.objects.create(
+        submission=submission,
+        attempt=attempt,
+        seed=secrets.randbits(62),
+        resource_class=lab.resource_class,
+        lab_version=lab.version,
+    )
+    transaction.on_commit(lambda: job_dispatch(job_id=job.pk))
+    return job
+
+
+def job_transition(*, job: Job, to: str, **fields) -> Job:
+    """Move a locked job to state ``to``, persisting ``fields`` with it; refuses illegal moves."""
+    if to not in ALLOWED_TRANSITIONS.get(job.state, set()):
+        raise JobStateError(f"job {job.pk}: {job.state} -> {to} is not a legal transition")
+    job.state = to
+    for name, value in fields.items():
+        setattr(job, name, value)
+    job.save(update_fields=["state", *fields])
+    return job
+
+
+def job_message(*, job: Job) -> dict:
+    """The self-contained message a grading worker needs: no database access on the worker."""
+    submission = job.submission
+    lab = submission.assignment.lab
+    return {
+        "job_id": job.pk,
+        "lab": {"slug": lab.slug, "version": job.lab_version},
+        "files": {f.name: f.content for f in submission.files.all()},
+        "limits": lab.limits,
+        "seed": job.seed,
+        "resource_class": job.resource_class,
+        "dispatched_at": timezone.now().timestamp(),
+    }
+
+
+def job_dispatch(*, job_id: int) -> bool:
+    """Send a queued job to its workers' queue. Returns False (job stays queued) if the broker is down."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().select_related("submission__assignment__lab").filter(pk=job_id).first()
+        if job is None or job.state != State.QUEUED:
+            return False
+        message = job_message(job=job)
+        try:
+            celery_app.send_task(
+                "gpu_runner.run_job",
+                args=[message],
+                queue=job.resource_class,
+                link=celery_app.signature("portal.record_job_result", kwargs={"job_id": job.pk}, queue="portal"),
+                retry=False,
+            )
+        except (BrokerError, RedisError, OSError) as exc:
+            log.warning("job %s stays queued: the broker is unreachable (%s)", job.pk, exc)
+            return False
+        job_transition(job=job, to=State.DISPATCHED, dispatched_at=timezone.now())
+    _publish_portal_status(job)
+    return True
+
+
+def jobs_dispatch_queued(*, limit: int = 200) -> int:
+    """Dispatch queued jobs, oldest first; stops at the first broker failure. Returns how many went."""
+    sent = 0
+    for job_id in Job.objects.filter(state=State.QUEUED).order_by("created_at").values_list("pk", flat=True)[:limit]:
+        if not job_dispatch(job_id=job_id):
+            if Job.objects.filter(pk=job_id, state=State.QUEUED).exists():
+                break  # the broker is down: try again on the next sweep
+            continue
+        sent += 1
+    return sent
+
+
+def job_mark_started(*, job_id: int, worker: str, started_at: float) -> None:
+    with transaction.atomic():
+        job = Job.objects.select_for_update().filter(pk=job_id).first()
+        if job is None or job.state not in (State.QUEUED, State.DISPATCHED):
+            return  # already finished (messages may arrive out of order) or unknown
+        job_transition(
+            job=job, to=State.RUNNING, worker=worker[:200], started_at=datetime.fromtimestamp(started_at, tz=UTC)
+        )
+
+
+def job_record_result(*, job_id: int, result: dict) -> Job | None:
+    """Persist a worker's result; idempotent: a job that is already final is left as it is."""
+    verdict = result.get("verdict")
+    if verdict not in (State.SUCCEEDED, State.FAILED, State.ERROR, State.TIMED_OUT):
+        log.error("job %s: ignoring a result with verdict %r", job_id, verdict)
+        return None
+    with transaction.atomic():
+        job = Job.objects.select_for_update().select_related("submission__assignment").filter(pk=job_id).first()
+        if job is None or job.is_final:
+            return job
+        now = timezone.now()
+        job_transition(
+            job=job,
+            to=verdict,
+            finished_at=now,
+            recorded_at=now,
+            score=float(result.get("score") or 0.0),
+            metric=result.get("metric"),
+            reason=str(result.get("reason", ""))[:40],
+            summary=str(result.get("summary", ""))[:5000],
+            output_tail=str(result.get("output_tail", ""))[-8192:],
+            worker=str(result.get("worker", job.worker))[:200],
+            result=result,
+        )
+        job_events_archive(job=job)
+        if verdict == State.ERROR:
+            job_retry(job=job)
+        else:
+            leaderboard_record_job(job=job)
+    _publish_portal_status(job)
+    return job
+
+
+def job_retry(*, job: Job) -> Job | None:
+    """Grade again after an infrastructure failure, a bounded number of times."""
+    if job.attempt >= settings.JOB_MAX_ATTEMPTS:
+        log.error("job %s: giving up after %s attempts", job.pk, job.attempt)
+        return None
+    return job_create(submission=job.submission, attempt=job.attempt + 1)
+
+
+def job_events_archive(*, job: Job) -> int:
+    """Copy the job's stream into the database (idempotent) and let the stream expire."""
+    try:
+        events = streams.read_all(job.pk)
+        streams.sync_client().expire(streams.stream_key(job.pk), streams.ARCHIVED_STREAM_TTL_SECONDS)
+    except RedisError as exc:
+        log.warning("job %s: events not archived, Redis unreachable (%s); the sweeper retries", job.pk, exc)
+        return 0
+    JobEvent.objects.bulk_create(
+        [JobEvent(job=job, seq=e["seq"], type=e["type"], ts=e["ts"], data=e["data"]) for e in events],
+        ignore_conflicts=True,
+    )
+    Job.objects.filter(pk=job.pk).update(events_archived=True)
+    job.events_archived = True
+    return len(events)
+
+
+def jobs_reap(*, now: datetime | None = None) -> int:
+    """Error out jobs whose worker went silent (past their wall time plus grace) and retry them."""
+    now = now or timezone.now()
+    reaped = 0
+    stale = Job.objects.filter(state__in=(State.DISPATCHED, State.RUNNING)).select_related(
+        "submission__assignment__lab"
+    )
+    for job in stale:
+        wall = float(job.submission.assignment.lab.limits.get("wall_seconds", 60))
+        since = job.started_at or job.dispatched_at
+        if since is None or since + timedelta(seconds=wall + settings.JOB_REAPER_GRACE_SECONDS) > now:
+            continue
+        result = {
+            "verdict": State.ERROR,
+            "reason": "worker_lost",
+            "score": 0.0,
+            "summary": "The worker grading this job went silent (not your fault); it is graded again.",
+        }
+        if job_record_result(job_id=job.pk, result=result) is not None:
+            reaped += 1
+    return reaped
+
+
+def jobs_archive_pending() -> int:
+    """Archive the events of final jobs whose archive failed earlier (Redis was away)."""
+    done = 0
+    for job in Job.objects.filter(state__in=Job.FINAL_STATES, events_archived=False).exclude(result=None)[:100]:
+        if job_events_archive(job=job):
+            done += 1
+    return done
+
+
+def _publish_portal_status(job: Job) -> None:
+    """Tell live viewers of a job about a transition the worker cannot know (queued, dispatched, recorded)."""
+
+    def send() -> None:
+        try:
+            async_to_sync(get_channel_layer().group_send)(
+                f"job_{job.pk}", {"type": "job.state", "state": job.state, "job_id": job.pk}
+            )
+        except Exception as exc:  # noqa: BLE001 - a push is best effort; the page also polls the state
+            log.warning("job %s: state push failed (%s)", job.pk, exc)
+
+    transaction.on_commit(send)

@@ -1,0 +1,12 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from portal.views import healthz
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("accounts/", include("portal.accounts.urls")),
+    path("healthz", healthz, name="healthz"),
+    path("", include("portal.submissions.urls")),
+    path("", include("portal.courses.urls")),
+]
