@@ -202,15 +202,16 @@ def load_lab(path: Path | str) -> Lab:
     )
 
 
-def discover_labs(root: Path | str = LABS_ROOT) -> list[Lab]:
-    """Every lab folder under ``root`` (a folder holding a lab.toml), sorted by slug."""
-    return [load_lab(p.parent) for p in sorted(Path(root).glob("*/lab.toml"))]
+def discover_labs(root: Path | str | None = None) -> list[Lab]:
+    """Every lab folder under ``root`` (default: LABS_ROOT) holding a lab.toml, sorted by slug."""
+    return [load_lab(p.parent) for p in sorted(Path(root or LABS_ROOT).glob("*/lab.toml"))]
 
 
-def find_lab(slug: str, root: Path | str = LABS_ROOT) -> Lab:
+def find_lab(slug: str, root: Path | str | None = None) -> Lab:
     if not SLUG_RE.match(slug):
         raise LabError(f"'{slug}' is not a lab slug")
-    folder = Path(root) / slug
+    root = Path(root or LABS_ROOT)
+    folder = root / slug
     if not (folder / "lab.toml").exists():
         known = ", ".join(lab.slug for lab in discover_labs(root)) or "none"
         raise LabError(f"no lab '{slug}' in {root} (known: {known})")

@@ -110,6 +110,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
+STATIC_ROOT.mkdir(exist_ok=True)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -136,6 +137,8 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 JOB_MAX_ATTEMPTS = int(os.environ.get("JOB_MAX_ATTEMPTS", "3"))
 # How long past its wall-time limit a job may stay dispatched/running before the reaper acts.
 JOB_REAPER_GRACE_SECONDS = int(os.environ.get("JOB_REAPER_GRACE_SECONDS", "120"))
+# Operator cap on any lab's wall-time limit (0: none), e.g. to keep a busy deadline moving.
+JOB_MAX_WALL_SECONDS = float(os.environ.get("JOB_MAX_WALL_SECONDS", "0"))
 JOB_DISPATCH_INTERVAL_SECONDS = float(os.environ.get("JOB_DISPATCH_INTERVAL_SECONDS", "5"))
 
 LOGGING = {

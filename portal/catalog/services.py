@@ -46,7 +46,7 @@ def _fields(folder: LabFolder) -> dict:
 
 
 @transaction.atomic
-def lab_sync_all(*, root: Path | str = LABS_ROOT) -> SyncReport:
+def lab_sync_all(*, root: Path | str | None = None) -> SyncReport:
     """Create or update a Lab row per folder; idempotent. Labs whose folder is gone are retired."""
     report = SyncReport()
     seen = set()

@@ -24,7 +24,10 @@ class SubmitForm(forms.Form):
 
     files = MultipleFileField(required=False, label="Upload files")
     code = forms.CharField(
-        required=False, widget=forms.Textarea(attrs={"rows": 18, "spellcheck": "false"}), label="...or paste your code"
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 18, "spellcheck": "false"}),
+        label="...or paste your code",
     )
 
     def __init__(self, *args, assignment: Assignment, **kwargs):

@@ -143,11 +143,19 @@ def job_message(*, job: Job) -> dict:
         "job_id": job.pk,
         "lab": {"slug": lab.slug, "version": job.lab_version},
         "files": {f.name: f.content for f in submission.files.all()},
-        "limits": lab.limits,
+        "limits": _job_limits(lab.limits),
         "seed": job.seed,
         "resource_class": job.resource_class,
         "dispatched_at": timezone.now().timestamp(),
     }
+
+
+def _job_limits(limits: dict) -> dict:
+    """The lab's limits, with the wall time capped by the operator's JOB_MAX_WALL_SECONDS, if set."""
+    cap = settings.JOB_MAX_WALL_SECONDS
+    if cap and float(limits.get("wall_seconds", cap)) > cap:
+        return {**limits, "wall_seconds": cap}
+    return dict(limits)
 
 
 def job_dispatch(*, job_id: int) -> bool:
@@ -261,7 +269,7 @@ def jobs_reap(*, now: datetime | None = None) -> int:
         "submission__assignment__lab"
     )
     for job in stale:
-        wall = float(job.submission.assignment.lab.limits.get("wall_seconds", 60))
+        wall = float(_job_limits(job.submission.assignment.lab.limits).get("wall_seconds", 60))
         since = job.started_at or job.dispatched_at
         if since is None or since + timedelta(seconds=wall + settings.JOB_REAPER_GRACE_SECONDS) > now:
             continue

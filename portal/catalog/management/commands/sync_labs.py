@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from labs.catalog import LABS_ROOT, LabError
+from labs import catalog
+from labs.catalog import LabError
 from portal.catalog.services import lab_sync_all
 
 
@@ -8,7 +9,7 @@ class Command(BaseCommand):
     help = "Load every lab folder under labs/ into the database (idempotent; tracks versions)."
 
     def add_arguments(self, parser):
-        parser.add_argument("--root", default=str(LABS_ROOT), help="folder holding the lab folders")
+        parser.add_argument("--root", default=None, help=f"folder holding the lab folders (default {catalog.LABS_ROOT})")
 
     def handle(self, *args, root, **options):
         try:

@@ -1,0 +1,51 @@
+"""The cast and the shared set-up: a course with the custom_op lab, an instructor, a TA and
+three students (alice, bob, carol). Data goes through services, as the app writes it."""
+
+from __future__ import annotations
+
+import socket
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+
+from labs.catalog import LABS_ROOT
+from portal.catalog.models import Lab
+from portal.catalog.services import lab_sync_all
+from portal.courses.models import Enrollment
+from portal.courses.services import assignment_create, enrollment_create
+from tests.factories import CourseFactory, UserFactory
+
+FIXTURE_LABS = Path(__file__).parent / "fixtures" / "labs"
+PASSWORD = "pw-for-tests-1"
+
+
+@pytest.fixture
+def cast(db):
+    course = CourseFactory(slug="aisys", title="AI Systems")
+    people = {}
+    for name, role in [("ines", "instructor"), ("tariq", "ta"), ("alice", "student"), ("bob", "student"),
+                       ("carol", "student")]:
+        people[name] = UserFactory(username=name)
+        enrollment_create(course=course, user=people[name], role=role)
+    people["outsider"] = UserFactory(username="outsider")
+    people["course"] = course
+    return people
+
+
+@pytest.fixture
+def custom_op(cast):
+    lab_sync_all(root=LABS_ROOT)
+    lab = Lab.objects.get(slug="custom_op")
+    return assignment_create(course=cast["course"], lab=lab, opens_at=timezone.now() - timedelta(hours=1),
+                             due_at=timezone.now() + timedelta(days=7))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+__all__ = ["Enrollment", "FIXTURE_LABS", "PASSWORD", "free_port"]
