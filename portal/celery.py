@@ -20,6 +20,9 @@ app.conf.update(
     task_ignore_result=True,
     task_default_queue="portal",
     broker_connection_retry_on_startup=True,
+    # Publishing from a web request must fail fast when Redis is away (the job stays queued and
+    # the sweeper dispatches it later) instead of retrying for seconds inside the request.
+    broker_transport_options={"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
     worker_hijack_root_logger=False,
     beat_schedule={
         "dispatch-and-reap": {

@@ -25,8 +25,13 @@ PASSWORD = "pw-for-tests-1"
 def cast(db):
     course = CourseFactory(slug="aisys", title="AI Systems")
     people = {}
-    for name, role in [("ines", "instructor"), ("tariq", "ta"), ("alice", "student"), ("bob", "student"),
-                       ("carol", "student")]:
+    for name, role in [
+        ("ines", "instructor"),
+        ("tariq", "ta"),
+        ("alice", "student"),
+        ("bob", "student"),
+        ("carol", "student"),
+    ]:
         people[name] = UserFactory(username=name)
         enrollment_create(course=course, user=people[name], role=role)
     people["outsider"] = UserFactory(username="outsider")
@@ -38,8 +43,12 @@ def cast(db):
 def custom_op(cast):
     lab_sync_all(root=LABS_ROOT)
     lab = Lab.objects.get(slug="custom_op")
-    return assignment_create(course=cast["course"], lab=lab, opens_at=timezone.now() - timedelta(hours=1),
-                             due_at=timezone.now() + timedelta(days=7))
+    return assignment_create(
+        course=cast["course"],
+        lab=lab,
+        opens_at=timezone.now() - timedelta(hours=1),
+        due_at=timezone.now() + timedelta(days=7),
+    )
 
 
 def free_port() -> int:

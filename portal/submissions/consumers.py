@@ -58,6 +58,14 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
         try:
             while True:
                 try:
+                    if not await client.exists(key):
+                        # No stream: the job has not started yet, or it is over and archived.
+                        archived = await database_sync_to_async(job_archived_events)(job_id=self.job_id, after=last)
+                        for event in archived:
+                            await self.send_json({"kind": "event", **event})
+                            last = event["seq"]
+                        if archived and archived[-1]["type"] == "result":
+                            return
                     last, finished = await self._relay_stream(client, key, last)
                 except RedisError as exc:
                     log.warning("job %s: live stream interrupted (%s)", self.job_id, exc)
@@ -66,14 +74,6 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
                     continue
                 if finished:
                     return
-                if not await client.exists(key):
-                    # No stream: either the job has not started, or it is over and archived.
-                    archived = await database_sync_to_async(job_archived_events)(job_id=self.job_id, after=last)
-                    for event in archived:
-                        await self.send_json({"kind": "event", **event})
-                        last = event["seq"]
-                    if archived and archived[-1]["type"] == "result":
-                        return
         except asyncio.CancelledError:
             raise
         finally:

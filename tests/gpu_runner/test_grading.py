@@ -38,8 +38,15 @@ def grade_source(source: str, *, version: int = 1, limits: dict | None = None, e
         "job_id": "t",
         "lab": {"slug": "echo_lab", "version": version},
         "files": {"sol.py": textwrap.dedent(source), **(extra or {})},
-        "limits": {"wall_seconds": 8, "output_bytes": 100_000, "cpu_seconds": 60, "memory_mb": 2048,
-                   "processes": 64, "file_size_mb": 64, **(limits or {})},
+        "limits": {
+            "wall_seconds": 8,
+            "output_bytes": 100_000,
+            "cpu_seconds": 60,
+            "memory_mb": 2048,
+            "processes": 64,
+            "file_size_mb": 64,
+            **(limits or {}),
+        },
         "seed": 1234,
     }
     sink = ListSink()
@@ -116,8 +123,10 @@ def test_exception_in_one_case_fails_that_case_only():
 
 @pytest.mark.parametrize(
     ("body", "expected"),
-    [("import os; os._exit(7)", "exited with code 7"),
-     ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", "killed by SIGSEGV")],
+    [
+        ("import os; os._exit(7)", "exited with code 7"),
+        ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", "killed by SIGSEGV"),
+    ],
 )
 def test_crash_is_reported_with_exit_code_or_signal(body, expected):
     result, _ = grade_source(f"""
@@ -149,12 +158,15 @@ def test_print_flood_is_stopped_at_the_output_limit_with_its_tail():
 
 def test_sleeping_forever_times_out_with_the_output_tail():
     started = time.monotonic()
-    result, _ = grade_source("""
+    result, _ = grade_source(
+        """
         import time
         def double(x):
             print("going to sleep", flush=True)
             time.sleep(3600)
-    """, limits={"wall_seconds": 3})
+    """,
+        limits={"wall_seconds": 3},
+    )
     assert result["verdict"] == "timed_out" and result["reason"] == "time_limit"
     assert "more than 3 s" in result["summary"] and "double_0" in result["summary"]
     assert "going to sleep" in result["output_tail"]

@@ -9,7 +9,9 @@ class Command(BaseCommand):
     help = "Load every lab folder under labs/ into the database (idempotent; tracks versions)."
 
     def add_arguments(self, parser):
-        parser.add_argument("--root", default=None, help=f"folder holding the lab folders (default {catalog.LABS_ROOT})")
+        parser.add_argument(
+            "--root", default=None, help=f"folder holding the lab folders (default {catalog.LABS_ROOT})"
+        )
 
     def handle(self, *args, root, **options):
         try:

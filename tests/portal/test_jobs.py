@@ -1,0 +1,200 @@
+"""The job lifecycle in the portal: dispatch, Redis going away and coming back, recording
+(idempotent), retries of infrastructure errors, the reaper, and the leaderboard."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import subprocess
+import time
+from datetime import timedelta
+
+import kombu.pools
+import pytest
+import redis
+from django.urls import reverse
+from django.utils import timezone
+
+from portal.celery import app as celery_app
+from portal.leaderboards.models import LeaderboardEntry
+from portal.leaderboards.selectors import leaderboard_for_assignment
+from portal.submissions.models import Job
+from portal.submissions.services import (
+    job_mark_started,
+    job_record_result,
+    jobs_dispatch_queued,
+    jobs_reap,
+    submission_create,
+)
+from tests.conftest import free_port
+
+CODE = {"linear_op.py": "x = 1\n"}
+
+
+class PrivateBroker:
+    """A redis-server of the test's own, which the test can stop and start again."""
+
+    def __init__(self, workdir):
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        client = self.client()
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("private redis-server did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+    def client(self):
+        return redis.Redis(port=self.port)
+
+
+def _use_broker(url: str) -> None:
+    """Point the portal's Celery app at another broker (drops its cached connection pools)."""
+    celery_app.conf.broker_url = url
+    celery_app._pool = None
+    celery_app.amqp._producer_pool = None
+    kombu.pools.reset()
+
+
+@pytest.fixture
+def private_broker(tmp_path):
+    broker = PrivateBroker(tmp_path)
+    broker.start()
+    previous = celery_app.conf.broker_url
+    _use_broker(f"redis://127.0.0.1:{broker.port}/0")
+    yield broker
+    _use_broker(previous)
+    if broker.proc.poll() is None:
+        broker.stop()
+
+
+def test_redis_down_at_submit_keeps_the_job_queued_and_dispatches_it_when_back(client, cast, custom_op, private_broker):
+    private_broker.stop()
+    client.force_login(cast["alice"])
+    url = reverse("courses:assignment", args=[custom_op.course.slug, custom_op.slug])
+    response = client.post(url, {"code": "x = 1\n"}, follow=True)
+    page = html.unescape(response.content.decode())
+    job = Job.objects.get()
+    assert job.state == Job.State.QUEUED and job.submission.files.get().content == "x = 1\n"
+    assert "Saved and queued" in page and 'id="job-queued-note" class="notice" >' in page.replace("\n", " ")
+
+    assert jobs_dispatch_queued() == 0  # still down: nothing sent, nothing lost
+    job.refresh_from_db()
+    assert job.state == Job.State.QUEUED
+
+    private_broker.start()
+    assert jobs_dispatch_queued() == 1
+    job.refresh_from_db()
+    assert job.state == Job.State.DISPATCHED
+    queued = private_broker.client().lrange("cpu", 0, -1)
+    assert len(queued) == 1
+    envelope = json.loads(queued[0])
+    assert envelope["headers"]["task"] == "gpu_runner.run_job"
+    message = json.loads(base64.b64decode(envelope["body"]))[0][0]
+    assert message["job_id"] == job.pk and message["files"] == {"linear_op.py": "x = 1\n"}
+    assert message["lab"] == {"slug": "custom_op", "version": custom_op.lab.version}
+
+
+@pytest.fixture
+def queued_job(cast, custom_op, private_broker):
+    submission = submission_create(student=cast["alice"], assignment=custom_op, files=CODE)
+    return submission.jobs.get()
+
+
+def result(verdict="succeeded", score=100.0, metric=1.2, **extra):
+    return {
+        "verdict": verdict,
+        "score": score,
+        "metric": metric,
+        "summary": "s",
+        "reason": "",
+        "tests": [],
+        "worker": "w1",
+        **extra,
+    }
+
+
+def test_recording_a_result_is_idempotent_and_persists_every_transition(queued_job):
+    job = queued_job
+    assert job.state == Job.State.QUEUED
+    jobs_dispatch_queued()
+    job_mark_started(job_id=job.pk, worker="w1", started_at=time.time())
+    job.refresh_from_db()
+    assert job.state == Job.State.RUNNING and job.worker == "w1" and job.started_at is not None
+    job_record_result(job_id=job.pk, result=result(score=100.0))
+    job_record_result(job_id=job.pk, result=result(verdict="failed", score=0.0))  # a duplicate delivery
+    job.refresh_from_db()
+    assert job.state == Job.State.SUCCEEDED and job.score == 100.0 and job.metric == 1.2
+    assert job.finished_at is not None and job.events_archived
+    job_mark_started(job_id=job.pk, worker="late", started_at=time.time())  # out of order: ignored
+    job.refresh_from_db()
+    assert job.state == Job.State.SUCCEEDED and job.worker == "w1"
+
+
+def test_infrastructure_error_is_retried_a_bounded_number_of_times(queued_job, settings):
+    settings.JOB_MAX_ATTEMPTS = 2
+    job_record_result(job_id=queued_job.pk, result=result(verdict="error", score=0.0, metric=None))
+    jobs = list(queued_job.submission.jobs.order_by("attempt"))
+    assert [(j.attempt, j.state) for j in jobs] == [(1, "error"), (2, "queued")]  # dispatched after commit
+    job_record_result(job_id=jobs[1].pk, result=result(verdict="error", score=0.0, metric=None))
+    assert queued_job.submission.jobs.count() == 2  # gave up after 2 attempts
+    assert LeaderboardEntry.objects.count() == 0
+
+
+def test_reaper_errors_out_and_retries_a_job_whose_worker_went_silent(queued_job):
+    jobs_dispatch_queued()
+    job_mark_started(job_id=queued_job.pk, worker="w1", started_at=time.time())
+    assert jobs_reap() == 0  # within its time
+    assert jobs_reap(now=timezone.now() + timedelta(hours=1)) == 1
+    queued_job.refresh_from_db()
+    assert queued_job.state == Job.State.ERROR and queued_job.reason == "worker_lost"
+    assert jobs_dispatch_queued() == 1
+    assert queued_job.submission.jobs.filter(attempt=2, state=Job.State.DISPATCHED).exists()
+
+
+def test_leaderboard_keeps_each_students_best_and_ranks_by_score_then_metric(cast, custom_op, private_broker):
+    def graded(student, score, metric):
+        job = submission_create(student=cast[student], assignment=custom_op, files=CODE).jobs.get()
+        job_record_result(
+            job_id=job.pk, result=result(verdict="succeeded" if score == 100 else "failed", score=score, metric=metric)
+        )
+        return job
+
+    graded("alice", 100.0, 1.5)
+    best_bob = graded("bob", 100.0, 0.9)  # lower is better for custom_op
+    graded("bob", 100.0, 2.0)  # worse than bob's best: ignored
+    graded("carol", 60.0, None)
+    graded("ines", 100.0, 0.1)  # staff test runs are not ranked
+    rows = leaderboard_for_assignment(assignment=custom_op)
+    assert [(r["rank"], r["student"], r["score"], r["metric"]) for r in rows] == [
+        (1, "bob", 100.0, 0.9),
+        (2, "alice", 100.0, 1.5),
+        (3, "carol", 60.0, None),
+    ]
+    assert rows[0]["job_id"] == best_bob.pk
