@@ -62,6 +62,9 @@
     el("job-score").textContent = (r.score ?? 0).toFixed(2).replace(/\.?0+$/, "") + "/100";
     el("job-summary").textContent = r.summary || "";
     el("job-progress").textContent = "";
+    if (r.metric !== null && r.metric !== undefined && box.dataset.metricName) {
+      el("job-metric").textContent = `${box.dataset.metricName}: ${r.metric.toFixed(4)} ${box.dataset.metricUnit}`;
+    }
   }
 
   function handle(ev) {

@@ -36,7 +36,7 @@ def job(cast, custom_op):
 
 def publish(job_id: int, count: int, *, result: bool = False) -> None:
     sink = RedisStreamSink(streams.sync_client(), job_id)
-    for i in range(count):
+    for _ in range(count):
         sink.publish("log", {"stream": "output", "text": f"line {sink.seq + 1}\n"})
     if result:
         sink.publish("result", {"verdict": "succeeded", "score": 100.0, "summary": "ok"})
