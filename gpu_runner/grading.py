@@ -279,6 +279,7 @@ def _timings(marks: dict, message: dict, finished_at: float) -> dict:
     launched = marks.get("launched", finished_at)
     ready = marks.get("harness_started", launched)
     timings = {
+        "finished_at": finished_at,
         "process_start": round(ready - launched, 4),
         "grading": round(finished_at - ready, 4),
         "worker_total": round(finished_at - marks["received"], 4),

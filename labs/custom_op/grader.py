@@ -496,8 +496,11 @@ def _check_module(case: dict, output) -> None:
         if not isinstance(init, torch.Tensor) or not torch.isfinite(init).all():
             raise CheckFailed(f"MyLinear({in_f}, {out_f}): initial {name} is not a finite tensor")
         largest, spread = init.abs().max().item(), init.double().std().item()
-        # U(-bound, bound) has std bound/sqrt(3) ~ 0.58 bound; 0.3 bound leaves room for sampling noise.
-        if largest > bound * (1 + 1e-6) or spread < 0.3 * bound:
+        # U(-bound, bound) has std bound/sqrt(3) ~ 0.58 bound. The spread test needs many samples to be
+        # reliable (with 100+ values std < 0.3 bound essentially never happens by chance; with a 7-element
+        # bias it did, failing a correct solution), so small tensors are only checked for range and zeros.
+        too_narrow = spread < 0.3 * bound if init.numel() >= 100 else bool((init == 0).all())
+        if largest > bound * (1 + 1e-6) or too_narrow:
             raise CheckFailed(
                 f"MyLinear({in_f}, {out_f}): initial {name} has max |value| {largest:.3g} "
                 f"and std {spread:.3g}; "

@@ -21,7 +21,10 @@ CAST = [
     ("bob", Enrollment.Role.STUDENT),
     ("carol", Enrollment.Role.STUDENT),
 ]
-LOGINS_FILE = settings.VAR_DIR / "demo-logins.txt"
+
+
+def logins_file():
+    return settings.VAR_DIR / "demo-logins.txt"
 
 
 class Command(BaseCommand):
@@ -52,15 +55,15 @@ class Command(BaseCommand):
         offered = set(course.assignments.values_list("lab__slug", flat=True))
         for lab in Lab.objects.filter(is_available=True).exclude(slug__in=offered):
             assignment_create(course=course, lab=lab, opens_at=now - timedelta(days=1), due_at=now + timedelta(days=30))
-        LOGINS_FILE.write_text("".join(f"{u} {p}\n" for u, p in known.items()))
-        LOGINS_FILE.chmod(0o600)
+        logins_file().write_text("".join(f"{u} {p}\n" for u, p in known.items()))
+        logins_file().chmod(0o600)
         self.stdout.write(f"Demo course '{course.title}' with {course.assignments.count()} lab(s). Logins:")
         for username, role in CAST:
             self.stdout.write(f"  {role:<10} {username:<10} password: {known[username]}")
 
 
 def _read_logins() -> dict[str, str]:
-    if not LOGINS_FILE.exists():
+    if not logins_file().exists():
         return {}
-    pairs = (line.split(" ", 1) for line in LOGINS_FILE.read_text().splitlines() if " " in line)
+    pairs = (line.split(" ", 1) for line in logins_file().read_text().splitlines() if " " in line)
     return {u: p for u, p in pairs}

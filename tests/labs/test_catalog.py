@@ -1,0 +1,76 @@
+"""The lab catalog: loading and validating lab folders, and syncing them into the database."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from labs.catalog import LabError, discover_labs, find_lab, load_lab
+from portal.catalog.models import Lab, LabVersion
+from portal.catalog.services import lab_sync_all
+from tests.conftest import FIXTURE_LABS
+
+
+def test_custom_op_lab_loads_with_its_contract():
+    lab = find_lab("custom_op")
+    assert lab.entry == "linear_op.py" and lab.allowed_files == ("linear_op.py",)
+    assert lab.resource_class == "cpu" and lab.metric.direction == "lower"
+    assert "torch.nn.functional.linear" in lab.forbidden
+    names = [s.name for s in lab.solutions()]
+    assert names[:2] == ["starter", "correct"]
+    assert {"calls_f_linear", "wrong_bias_grad", "ignores_needs_input_grad", "crashes"} <= set(names)
+    assert "class MyLinearFunction" in lab.starter_files()["linear_op.py"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.replace('slug = "echo_lab"', 'slug = "other"'), "must be lower_snake_case and equal the folder"),
+        (lambda t: t.replace('entry = "sol.py"', 'entry = "missing.py"'), "entry 'missing.py' must be one of"),
+        (lambda t: t.replace("wall_seconds = 8", "wall_second = 8"), "unknown [limits] keys ['wall_second']"),
+        (lambda t: t.replace('direction = "lower"', 'direction = "down"'), "direction must be 'lower' or 'higher'"),
+        (lambda t: t + "\nversion = [", "invalid TOML"),
+    ],
+)
+def test_malformed_lab_toml_is_refused_with_what_to_fix(tmp_path, edit, message):
+    folder = tmp_path / "echo_lab"
+    shutil.copytree(FIXTURE_LABS / "echo_lab", folder)
+    (folder / "lab.toml").write_text(edit((folder / "lab.toml").read_text()))
+    with pytest.raises(LabError) as caught:
+        load_lab(folder)
+    assert message in str(caught.value)
+
+
+def test_unknown_lab_names_the_known_ones():
+    with pytest.raises(LabError, match="no lab 'nope'.*known: custom_op"):
+        find_lab("nope")
+
+
+def test_sync_is_idempotent_and_tracks_versions(db, tmp_path):
+    root = tmp_path / "labs"
+    shutil.copytree(FIXTURE_LABS / "echo_lab", root / "echo_lab")
+    first = lab_sync_all(root=root)
+    assert first.created == ["echo_lab"]
+    assert lab_sync_all(root=root).unchanged == ["echo_lab"]
+    lab = Lab.objects.get(slug="echo_lab")
+    assert lab.version == 1 and lab.allowed_files == ["sol.py", "helper.py"] and "double" in lab.starter_files["sol.py"]
+
+    grader = root / "echo_lab" / "grader.py"
+    grader.write_text(grader.read_text() + "\n# changed\n")
+    changed = lab_sync_all(root=root)
+    assert changed.updated == ["echo_lab"] and "bump 'version'" in changed.warnings[0]
+
+    toml = root / "echo_lab" / "lab.toml"
+    toml.write_text(toml.read_text().replace("version = 1", "version = 2"))
+    assert lab_sync_all(root=root).updated == ["echo_lab"]
+    assert Lab.objects.get(slug="echo_lab").version == 2
+    assert sorted(LabVersion.objects.values_list("version", flat=True)) == [1, 1, 2]
+
+    shutil.rmtree(root / "echo_lab")
+    assert lab_sync_all(root=root).retired == ["echo_lab"]
+    assert not Lab.objects.get(slug="echo_lab").is_available
+
+
+def test_every_shipped_lab_loads():
+    assert [lab.slug for lab in discover_labs()] == ["custom_op"]

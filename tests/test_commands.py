@@ -1,0 +1,62 @@
+"""The management commands instructors run: grade, sync_labs and demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
+
+from labs.catalog import LABS_ROOT
+from portal.courses.models import Course, Enrollment
+
+SOLUTIONS = LABS_ROOT / "custom_op" / "solutions"
+
+
+def grade(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", "grade", *args], capture_output=True, text=True, cwd=LABS_ROOT.parent, timeout=120
+    )
+
+
+@pytest.mark.slow
+def test_grade_json_reports_verdict_score_metric_and_tests():
+    done = grade("custom_op", str(SOLUTIONS / "correct" / "linear_op.py"), "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["verdict"] == "succeeded" and result["score"] == 100.0 and result["metric"] > 0
+    assert len(result["tests"]) == 9 and {t["outcome"] for t in result["tests"]} == {"passed"}
+    assert "[PASS] mlp_digits" in done.stderr  # live progress goes to stderr
+
+
+@pytest.mark.slow
+def test_grade_exit_status_and_message_for_a_wrong_solution():
+    done = grade("custom_op", str(SOLUTIONS / "wrong" / "wrong_bias_grad" / "linear_op.py"))
+    assert done.returncode == 1
+    assert "failed: score" in done.stdout and "grad of bias" in done.stderr
+
+
+def test_grade_refuses_a_file_the_lab_does_not_accept(tmp_path):
+    stray = tmp_path / "other.py"
+    stray.write_text("x = 1\n")
+    done = grade("custom_op", str(stray))
+    assert done.returncode != 0 and "this lab accepts only linear_op.py" in done.stderr
+
+
+def test_demo_creates_the_course_users_and_every_lab_and_is_idempotent(db, capsys, settings, tmp_path):
+    settings.VAR_DIR = tmp_path
+    call_command("demo")
+    first = capsys.readouterr().out
+    call_command("demo")
+    second = capsys.readouterr().out
+    course = Course.objects.get(slug="aisys-demo")
+    assert sorted(course.assignments.values_list("lab__slug", flat=True)) == ["custom_op"]
+    roles = dict(Enrollment.objects.filter(course=course).values_list("user__username", "role"))
+    assert roles == {"instructor": "instructor", "alice": "student", "bob": "student", "carol": "student"}
+    password = next(line for line in first.splitlines() if " alice " in line).split("password: ")[1].strip()
+    assert User.objects.get(username="alice").check_password(password)
+    assert password in second  # the same logins the second time
+    assert f"alice {password}" in (tmp_path / "demo-logins.txt").read_text()
