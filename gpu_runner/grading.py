@@ -97,10 +97,11 @@ def prepare(message: dict, sink: EventSink) -> Grading:
         )
     grader = lab.load_grader()
     cases = grader.cases(int(message["seed"]))
+    unknown = sorted(set(message["files"]) - set(lab.allowed_files))
+    if unknown:
+        raise LabError(f"files {unknown} are not allowed by the lab (allowed: {list(lab.allowed_files)})")
     workdir = Path(tempfile.mkdtemp(prefix=f"aisys-job-{message['job_id']}-"))
     for name, text in message["files"].items():
-        if name not in lab.allowed_files:
-            raise LabError(f"file {name!r} is not allowed by the lab")
         (workdir / name).write_text(text, encoding="utf-8")
     run_source = textwrap.dedent(inspect.getsource(grader.run))
     (workdir / "_lab_run.py").write_text(run_source, encoding="utf-8")
