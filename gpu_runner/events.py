@@ -17,10 +17,6 @@ STREAM_MAXLEN = 20_000
 STREAM_TTL_SECONDS = 24 * 3600
 
 
-def stream_key(job_id: int | str) -> str:
-    return f"aisys:job:{job_id}:events"
-
-
 class EventSink:
     """Collects events; subclasses also deliver them somewhere."""
 
@@ -39,10 +35,10 @@ class EventSink:
 
 
 class RedisStreamSink(EventSink):
-    def __init__(self, client: redis.Redis, job_id: int | str) -> None:
+    def __init__(self, client: redis.Redis, key: str) -> None:
         super().__init__()
         self.client = client
-        self.key = stream_key(job_id)
+        self.key = key
         # A redelivered job continues the stream after whatever an earlier attempt wrote.
         last = client.xrevrange(self.key, count=1)
         if last:

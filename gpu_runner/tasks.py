@@ -32,7 +32,7 @@ def run_job(self, message: dict) -> dict:
         kwargs={"job_id": job_id, "worker": socket.gethostname(), "started_at": time.time()},
         queue=PORTAL_QUEUE,
     )
-    sink = RedisStreamSink(_redis(), job_id)
+    sink = RedisStreamSink(_redis(), message["events_stream"])
     result = grade(message, sink)
     log.info(
         "job %s: %s (%s) in %.2fs",

@@ -41,7 +41,7 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
             return
         await self.accept()
         await self.channel_layer.group_add(f"job_{self.job_id}", self.channel_name)
-        self.follower = asyncio.create_task(self.follow(after=_after(self.scope)))
+        self.follower = asyncio.create_task(self.follow(key=access["events_stream"], after=_after(self.scope)))
 
     async def disconnect(self, code):
         if self.follower is not None:
@@ -51,10 +51,9 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
     async def job_state(self, message):
         await self.send_json({"kind": "state", "state": message["state"]})
 
-    async def follow(self, *, after: int) -> None:
+    async def follow(self, *, key: str, after: int) -> None:
         last = after
         client = streams.async_client()
-        key = streams.stream_key(self.job_id)
         try:
             while True:
                 try:

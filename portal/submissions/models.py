@@ -1,3 +1,5 @@
+import uuid
+
 from django.conf import settings
 from django.db import models
 
@@ -58,6 +60,9 @@ class Job(models.Model):
     attempt = models.PositiveSmallIntegerField(default=1)
     state = models.CharField(max_length=12, choices=State.choices, default=State.QUEUED, db_index=True)
     seed = models.BigIntegerField(help_text="Secret: the cases are generated from it")
+    # Names the job's event stream. Job ids repeat when a database is reset while Redis keeps old
+    # streams (or two portals share a Redis); a random token keeps one job from replaying another's.
+    stream_token = models.UUIDField(default=uuid.uuid4, editable=False)
     resource_class = models.CharField(max_length=20, default="cpu")
     lab_version = models.PositiveIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
@@ -84,6 +89,11 @@ class Job(models.Model):
     @property
     def is_final(self) -> bool:
         return self.state in self.FINAL_STATES
+
+    @property
+    def events_stream(self) -> str:
+        """The Redis Stream the worker publishes this job's events to (named in the job message)."""
+        return f"aisys:job:{self.pk}:{self.stream_token.hex}:events"
 
 
 class JobEvent(models.Model):

@@ -79,7 +79,7 @@ def job_stream_access(*, job_id: int, user: User | AnonymousUser) -> dict | None
     job = job_for_viewer(job_id=job_id, user=user)
     if job is None:
         return None
-    return {"id": job.pk, "state": job.state, "events_archived": job.events_archived}
+    return {"id": job.pk, "state": job.state, "events_stream": job.events_stream}
 
 
 def submissions_for_student(*, user: User) -> QuerySet[Submission]:

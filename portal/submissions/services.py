@@ -145,6 +145,7 @@ def job_message(*, job: Job) -> dict:
         "files": {f.name: f.content for f in submission.files.all()},
         "limits": _job_limits(lab.limits),
         "seed": job.seed,
+        "events_stream": job.events_stream,
         "resource_class": job.resource_class,
         "dispatched_at": timezone.now().timestamp(),
     }
@@ -247,8 +248,8 @@ def job_retry(*, job: Job) -> Job | None:
 def job_events_archive(*, job: Job) -> int:
     """Copy the job's stream into the database (idempotent) and let the stream expire."""
     try:
-        events = streams.read_all(job.pk)
-        streams.sync_client().expire(streams.stream_key(job.pk), streams.ARCHIVED_STREAM_TTL_SECONDS)
+        events = streams.read_all(job.events_stream)
+        streams.sync_client().expire(job.events_stream, streams.ARCHIVED_STREAM_TTL_SECONDS)
     except RedisError as exc:
         log.warning("job %s: events not archived, Redis unreachable (%s); the sweeper retries", job.pk, exc)
         return 0

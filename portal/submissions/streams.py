@@ -1,8 +1,8 @@
 """The portal's side of the job event streams written by the grading workers.
 
-The key and entry format are a wire contract with gpu_runner/events.py (the portal never
-imports gpu_runner): stream ``aisys:job:<id>:events``, entry id ``<seq>-0``, fields seq, type,
-ts and data (JSON).
+The portal names each job's stream (``Job.events_stream``) in the job message; the entry format
+is a wire contract with gpu_runner/events.py (the portal never imports gpu_runner): entry id
+``<seq>-0``, fields seq, type, ts and data (JSON).
 """
 
 from __future__ import annotations
@@ -15,10 +15,6 @@ import redis.asyncio
 from django.conf import settings
 
 ARCHIVED_STREAM_TTL_SECONDS = 3600
-
-
-def stream_key(job_id: int) -> str:
-    return f"aisys:job:{job_id}:events"
 
 
 def decode_entry(fields: dict) -> dict:
@@ -44,5 +40,5 @@ def async_client() -> redis.asyncio.Redis:
     return redis.asyncio.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
 
 
-def read_all(job_id: int) -> list[dict]:
-    return [decode_entry(fields) for _, fields in sync_client().xrange(stream_key(job_id))]
+def read_all(key: str) -> list[dict]:
+    return [decode_entry(fields) for _, fields in sync_client().xrange(key)]

@@ -29,13 +29,13 @@ def session_headers(user) -> list[tuple[bytes, bytes]]:
 def job(cast, custom_op):
     submission = submission_create(student=cast["alice"], assignment=custom_op, files={"linear_op.py": "x = 1\n"})
     job = submission.jobs.get()
-    streams.sync_client().delete(streams.stream_key(job.pk))
+    streams.sync_client().delete(job.events_stream)
     yield job
-    streams.sync_client().delete(streams.stream_key(job.pk))
+    streams.sync_client().delete(job.events_stream)
 
 
-def publish(job_id: int, count: int, *, result: bool = False) -> None:
-    sink = RedisStreamSink(streams.sync_client(), job_id)
+def publish(job, count: int, *, result: bool = False) -> None:
+    sink = RedisStreamSink(streams.sync_client(), job.events_stream)
     for _ in range(count):
         sink.publish("log", {"stream": "output", "text": f"line {sink.seq + 1}\n"})
     if result:
@@ -60,7 +60,7 @@ async def receive_events(communicator, count: int) -> list[dict]:
 
 
 async def test_resume_from_the_middle_returns_exactly_the_remaining_events(job, cast):
-    await database_sync_to_async(publish)(job.pk, 9, result=True)
+    await database_sync_to_async(publish)(job, 9, result=True)
     communicator, connected, _ = await connect(job.pk, cast["alice"], after=4)
     assert connected
     events = await receive_events(communicator, 6)
@@ -71,14 +71,14 @@ async def test_resume_from_the_middle_returns_exactly_the_remaining_events(job, 
 
 
 async def test_reconnect_follows_live_with_no_gap_and_no_duplicate(job, cast):
-    await database_sync_to_async(publish)(job.pk, 3)
+    await database_sync_to_async(publish)(job, 3)
     first, connected, _ = await connect(job.pk, cast["alice"])
     assert connected
     seen = [e["seq"] for e in await receive_events(first, 3)]
-    await database_sync_to_async(publish)(job.pk, 2)  # arrives while following
+    await database_sync_to_async(publish)(job, 2)  # arrives while following
     seen += [e["seq"] for e in await receive_events(first, 2)]
     await first.disconnect()
-    await database_sync_to_async(publish)(job.pk, 3, result=True)  # while disconnected
+    await database_sync_to_async(publish)(job, 3, result=True)  # while disconnected
     second, connected, _ = await connect(job.pk, cast["alice"], after=seen[-1])
     assert connected
     seen += [e["seq"] for e in await receive_events(second, 4)]
@@ -88,10 +88,10 @@ async def test_reconnect_follows_live_with_no_gap_and_no_duplicate(job, cast):
 
 
 async def test_archived_events_replay_from_the_database_once_the_stream_is_gone(job, cast):
-    await database_sync_to_async(publish)(job.pk, 5, result=True)
+    await database_sync_to_async(publish)(job, 5, result=True)
     archived = await database_sync_to_async(job_events_archive)(job=job)
     assert archived == 6
-    streams.sync_client().delete(streams.stream_key(job.pk))
+    streams.sync_client().delete(job.events_stream)
     communicator, connected, _ = await connect(job.pk, cast["alice"], after=2)
     assert connected
     events = await receive_events(communicator, 4)
@@ -106,7 +106,7 @@ async def test_another_student_cannot_open_the_websocket(job, cast, viewer):
 
 
 async def test_staff_can_watch(job, cast):
-    await database_sync_to_async(publish)(job.pk, 1)
+    await database_sync_to_async(publish)(job, 1)
     communicator, connected, _ = await connect(job.pk, cast["tariq"])
     assert connected
     assert [e["seq"] for e in await receive_events(communicator, 1)] == [1]
@@ -125,3 +125,19 @@ async def test_anonymous_and_foreign_origin_are_refused(job, cast):
     )
     connected, _ = await communicator.connect(timeout=5)
     assert not connected
+
+
+async def test_a_stale_stream_of_an_earlier_job_with_the_same_id_is_never_replayed(job, cast):
+    """Job ids repeat when a database is reset while Redis keeps its streams."""
+    stale = f"aisys:job:{job.pk}:{'0' * 32}:events"
+    stale_sink = RedisStreamSink(streams.sync_client(), stale)
+    await database_sync_to_async(stale_sink.publish)("log", {"stream": "output", "text": "someone else's log\n"})
+    try:
+        communicator, connected, _ = await connect(job.pk, cast["alice"])
+        assert connected
+        assert await communicator.receive_nothing(timeout=1)
+        await database_sync_to_async(publish)(job, 1)
+        assert [e["data"]["text"] for e in await receive_events(communicator, 1)] == ["line 1\n"]
+        await communicator.disconnect()
+    finally:
+        streams.sync_client().delete(stale)
