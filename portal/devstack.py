@@ -82,12 +82,31 @@ class Stack:
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.env}
-        for name, argv in self.commands().items():
-            log = open(self.log_dir / f"{name}.log", "ab")
-            self.processes[name] = subprocess.Popen(
-                argv, cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        for name in self.commands():
+            self._spawn(name)
+
+    def _spawn(self, name: str) -> None:
+        log = open(self.log_dir / f"{name}.log", "ab")
+        self.processes[name] = subprocess.Popen(
+            self.commands()[name],
+            cwd=BASE_DIR,
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self, name: str) -> None:
+        """Kill a process and its children at once, as a crash or an OOM kill would."""
+        proc = self.processes[name]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def restart(self, name: str, timeout: float = 60.0) -> None:
+        log = self.log_dir / f"{name}.log"
+        log.write_text("")  # wait_ready looks for this start's "ready" line
+        self._spawn(name)
+        self.wait_ready(timeout=timeout)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait until the web server answers and every worker has connected to the broker."""

@@ -137,6 +137,8 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 JOB_MAX_ATTEMPTS = int(os.environ.get("JOB_MAX_ATTEMPTS", "3"))
 # How long past its wall-time limit a job may stay dispatched/running before the reaper acts.
 JOB_REAPER_GRACE_SECONDS = int(os.environ.get("JOB_REAPER_GRACE_SECONDS", "120"))
+# How long a dispatched job may wait in the broker's queue before its message is presumed lost.
+JOB_DISPATCH_TIMEOUT_SECONDS = int(os.environ.get("JOB_DISPATCH_TIMEOUT_SECONDS", "3600"))
 # Operator cap on any lab's wall-time limit (0: none), e.g. to keep a busy deadline moving.
 JOB_MAX_WALL_SECONDS = float(os.environ.get("JOB_MAX_WALL_SECONDS", "0"))
 JOB_DISPATCH_INTERVAL_SECONDS = float(os.environ.get("JOB_DISPATCH_INTERVAL_SECONDS", "5"))

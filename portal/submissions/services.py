@@ -263,26 +263,30 @@ def job_events_archive(*, job: Job) -> int:
 
 
 def jobs_reap(*, now: datetime | None = None) -> int:
-    """Error out jobs whose worker went silent (past their wall time plus grace) and retry them."""
+    """Error out, and so retry, jobs that can no longer finish on their own.
+
+    A running job whose result has not come back within its wall time plus grace lost its worker.
+    A dispatched job merely waits in the broker's queue, which can be long at a deadline, so it is
+    given up on only after JOB_DISPATCH_TIMEOUT_SECONDS (its message was lost, e.g. Redis restarted
+    without persistence).
+    """
     now = now or timezone.now()
     reaped = 0
-    stale = Job.objects.filter(state__in=(State.DISPATCHED, State.RUNNING)).select_related(
-        "submission__assignment__lab"
-    )
-    for job in stale:
-        wall = float(_job_limits(job.submission.assignment.lab.limits).get("wall_seconds", 60))
-        since = job.started_at or job.dispatched_at
-        if since is None or since + timedelta(seconds=wall + settings.JOB_REAPER_GRACE_SECONDS) > now:
-            continue
-        result = {
-            "verdict": State.ERROR,
-            "reason": "worker_lost",
-            "score": 0.0,
-            "summary": "The worker grading this job went silent (not your fault); it is graded again.",
-        }
-        if job_record_result(job_id=job.pk, result=result) is not None:
-            reaped += 1
+    grace = timedelta(seconds=settings.JOB_REAPER_GRACE_SECONDS)
+    running = Job.objects.filter(state=State.RUNNING).select_related("submission__assignment__lab")
+    for job in running:
+        wall = timedelta(seconds=float(_job_limits(job.submission.assignment.lab.limits).get("wall_seconds", 60)))
+        if job.started_at + wall + grace < now:
+            reaped += _job_give_up(job, "The worker grading this job went silent (not your fault); it is graded again.")
+    lost_before = now - timedelta(seconds=settings.JOB_DISPATCH_TIMEOUT_SECONDS)
+    for job in Job.objects.filter(state=State.DISPATCHED, dispatched_at__lt=lost_before):
+        reaped += _job_give_up(job, "No worker picked this job up in time (not your fault); it is graded again.")
     return reaped
+
+
+def _job_give_up(job: Job, summary: str) -> int:
+    result = {"verdict": State.ERROR, "reason": "worker_lost", "score": 0.0, "summary": summary}
+    return int(job_record_result(job_id=job.pk, result=result) is not None)
 
 
 def jobs_archive_pending() -> int:

@@ -38,6 +38,7 @@ def live_stack(django_db_setup, django_db_blocker, tmp_path_factory):
             "AISYS_CHANNEL_PREFIX": os.environ.get("AISYS_CHANNEL_PREFIX", "aisys-test"),
             "JOB_MAX_WALL_SECONDS": "15",
             "JOB_DISPATCH_INTERVAL_SECONDS": "1",
+            "JOB_REAPER_GRACE_SECONDS": "5",
         },
         web_port=port,
         grading_concurrency=2,

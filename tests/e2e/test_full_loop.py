@@ -3,6 +3,8 @@ result task -> database, for every solution the custom_op lab ships, plus hostil
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from labs.catalog import find_lab
@@ -71,3 +73,26 @@ def test_every_solution_gets_its_verdict_and_the_worker_keeps_going(live_stack, 
 
     board = client.get(f"{path}leaderboard/").text
     assert "<td>1</td><td>alice</td><td>100</td>" in board.replace("\n", "")
+
+
+def test_a_job_whose_worker_dies_is_graded_again_and_nothing_is_lost(live_stack, cast, custom_op):
+    client = login(live_stack.base_url, "bob")
+    path = f"/courses/{custom_op.course.slug}/{custom_op.slug}/"
+    slow_correct = find_lab("custom_op").solutions()[1].files["linear_op.py"] + "\nimport time\ntime.sleep(6)\n"
+    job_id = submit(client, path, slow_correct)
+    deadline = time.monotonic() + 60
+    while client.get(f"/api/jobs/{job_id}/").json()["state"] != "running":
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    live_stack.kill("worker-grading")  # mid-job, like an OOM kill of the whole worker
+    live_stack.restart("worker-grading")
+
+    deadline = time.monotonic() + 120
+    while (status := client.get(f"/api/jobs/{job_id}/").json())["latest_job_id"] == job_id:
+        assert time.monotonic() < deadline, f"the lost job was never retried: {status}"
+        time.sleep(0.25)
+    lost = Job.objects.get(pk=job_id)
+    assert lost.state == Job.State.ERROR and lost.reason == "worker_lost"
+    retried = wait_final(client, status["latest_job_id"])
+    assert retried["state"] == "succeeded", (retried["summary"], Job.objects.get(pk=retried["id"]).result)
+    assert retried["attempt"] == 2 and retried["score"] == 100.0

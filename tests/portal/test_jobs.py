@@ -167,15 +167,26 @@ def test_infrastructure_error_is_retried_a_bounded_number_of_times(queued_job, s
     assert LeaderboardEntry.objects.count() == 0
 
 
-def test_reaper_errors_out_and_retries_a_job_whose_worker_went_silent(queued_job):
+def test_reaper_errors_out_and_retries_a_job_whose_worker_went_silent(queued_job, settings):
     jobs_dispatch_queued()
     job_mark_started(job_id=queued_job.pk, worker="w1", started_at=time.time())
-    assert jobs_reap() == 0  # within its time
-    assert jobs_reap(now=timezone.now() + timedelta(hours=1)) == 1
+    wall = queued_job.submission.assignment.lab.limits["wall_seconds"]
+    assert jobs_reap(now=timezone.now() + timedelta(seconds=wall)) == 0  # within wall time + grace
+    assert jobs_reap(now=timezone.now() + timedelta(seconds=wall + settings.JOB_REAPER_GRACE_SECONDS + 1)) == 1
     queued_job.refresh_from_db()
     assert queued_job.state == Job.State.ERROR and queued_job.reason == "worker_lost"
     assert jobs_dispatch_queued() == 1
     assert queued_job.submission.jobs.filter(attempt=2, state=Job.State.DISPATCHED).exists()
+
+
+def test_a_job_waiting_in_a_long_queue_is_not_reaped_until_its_message_is_presumed_lost(queued_job, settings):
+    jobs_dispatch_queued()
+    queued_job.refresh_from_db()
+    assert queued_job.state == Job.State.DISPATCHED
+    assert jobs_reap(now=timezone.now() + timedelta(minutes=30)) == 0  # a busy deadline queue
+    assert jobs_reap(now=timezone.now() + timedelta(seconds=settings.JOB_DISPATCH_TIMEOUT_SECONDS + 1)) == 1
+    queued_job.refresh_from_db()
+    assert queued_job.state == Job.State.ERROR and "No worker picked this job up" in queued_job.summary
 
 
 def test_leaderboard_keeps_each_students_best_and_ranks_by_score_then_metric(cast, custom_op, private_broker):
