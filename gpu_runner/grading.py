@@ -1,4 +1,4 @@
-"""Grade one job: prepare -> start -> collect -> report -> clean up.
+"""Grade one job: prepare -> start -> collect -> report -> clean up (the job folder, the stream's expiry).
 
 Trusted code, run by the worker outside the sandbox. It generates the cases from the job's
 secret seed, starts the harness with the student's files, hands it the inputs once the
@@ -63,6 +63,7 @@ class Grading:
     tests: list[TestOutcome]
     workdir: Path
     grader: object
+    limits: dict
     metric: float | None = None
     import_error: dict | None = None
     marks: dict[str, float] = field(default_factory=dict)
@@ -70,6 +71,13 @@ class Grading:
 
 def grade(message: dict, sink: EventSink) -> dict:
     """Grade the job described by ``message`` (see docs/architecture.md) and return its result."""
+    try:
+        return _grade(message, sink)
+    finally:
+        sink.close()
+
+
+def _grade(message: dict, sink: EventSink) -> dict:
     marks = {"received": time.time()}
     sink.publish("status", {"state": "running", "detail": f"on {socket.gethostname()}"})
     try:
@@ -80,12 +88,11 @@ def grade(message: dict, sink: EventSink) -> dict:
         return _infrastructure_error(message, sink, marks, "preparing the job failed:\n" + traceback.format_exc())
     grading.marks = marks
     try:
-        outcome = start(grading, message)
-        return report(grading, outcome, message)
+        return report(grading, start(grading), message)
     except Exception:  # noqa: BLE001
         return _infrastructure_error(message, sink, marks, "grading failed:\n" + traceback.format_exc())
     finally:
-        clean_up(grading)
+        shutil.rmtree(grading.workdir, ignore_errors=True)
 
 
 def prepare(message: dict, sink: EventSink) -> Grading:
@@ -108,12 +115,18 @@ def prepare(message: dict, sink: EventSink) -> Grading:
     tests = [TestOutcome(name=c["name"], points=float(c.get("points", 1.0))) for c in cases]
     sink.publish("progress", {"phase": "tests", "done": 0, "total": len(cases)})
     return Grading(
-        job_id=message["job_id"], lab=lab, sink=sink, cases=cases, tests=tests, workdir=workdir, grader=grader
+        job_id=message["job_id"],
+        lab=lab,
+        sink=sink,
+        cases=cases,
+        tests=tests,
+        workdir=workdir,
+        grader=grader,
+        limits={**lab.limits.as_dict(), **message.get("limits", {})},
     )
 
 
-def start(grading: Grading, message: dict) -> launcher.ProcessOutcome:
-    limits = {**grading.lab.limits.as_dict(), **message.get("limits", {})}
+def start(grading: Grading) -> launcher.ProcessOutcome:
     env = {**CLEAN_ENV, "HOME": str(grading.workdir)}
     if grading.lab.is_gpu and not torch.cuda.is_available():
         env["TRITON_INTERPRET"] = "1"
@@ -131,7 +144,7 @@ def start(grading: Grading, message: dict) -> launcher.ProcessOutcome:
         argv,
         cwd=str(grading.workdir),
         env=env,
-        limits=limits,
+        limits=grading.limits,
         on_output=lambda text: grading.sink.publish("log", {"stream": "output", "text": text}),
         on_event=lambda event: collect(grading, event),
     )
@@ -223,7 +236,7 @@ def report(grading: Grading, outcome: launcher.ProcessOutcome, message: dict) ->
     tests = grading.tests
     finished = all(t.outcome != "not_run" for t in tests)
     failed = [t for t in tests if t.outcome == "failed"]
-    limits = {**grading.lab.limits.as_dict(), **message.get("limits", {})}
+    limits = grading.limits
     if grading.import_error is not None:
         verdict, reason = "failed", "import_error"
         summary = f"Your module could not be imported: {_describe_error(grading.import_error)}"
@@ -308,8 +321,3 @@ def _infrastructure_error(message: dict, sink: EventSink, marks: dict, detail: s
     }
     sink.publish("result", {k: result[k] for k in ("verdict", "reason", "score", "metric", "summary")})
     return result
-
-
-def clean_up(grading: Grading) -> None:
-    shutil.rmtree(grading.workdir, ignore_errors=True)
-    grading.sink.close()

@@ -13,7 +13,6 @@ from django.utils import timezone
 from labs.catalog import LABS_ROOT
 from portal.catalog.models import Lab
 from portal.catalog.services import lab_sync_all
-from portal.courses.models import Enrollment
 from portal.courses.services import assignment_create, enrollment_create
 from tests.factories import CourseFactory, UserFactory
 
@@ -55,6 +54,3 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-__all__ = ["Enrollment", "FIXTURE_LABS", "PASSWORD", "free_port"]

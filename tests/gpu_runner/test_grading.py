@@ -141,7 +141,6 @@ def test_crash_is_reported_with_exit_code_or_signal(body, expected):
 
 
 def test_print_flood_is_stopped_at_the_output_limit_with_its_tail():
-    started = time.monotonic()
     result, events = grade_source("""
         import sys
         def double(x):
@@ -153,11 +152,9 @@ def test_print_flood_is_stopped_at_the_output_limit_with_its_tail():
     assert "line " in result["output_tail"] and len(result["output_tail"]) <= 8192
     logged = sum(len(e["data"]["text"]) for e in events if e["type"] == "log")
     assert logged <= 100_000
-    assert time.monotonic() - started < 8
 
 
 def test_sleeping_forever_times_out_with_the_output_tail():
-    started = time.monotonic()
     result, _ = grade_source(
         """
         import time
@@ -170,7 +167,6 @@ def test_sleeping_forever_times_out_with_the_output_tail():
     assert result["verdict"] == "timed_out" and result["reason"] == "time_limit"
     assert "more than 3 s" in result["summary"] and "double_0" in result["summary"]
     assert "going to sleep" in result["output_tail"]
-    assert time.monotonic() - started < 10
 
 
 def test_leftover_processes_are_killed():

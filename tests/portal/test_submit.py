@@ -4,10 +4,14 @@ clear message on the form and nothing is stored or enqueued."""
 from __future__ import annotations
 
 import html
+import io
+import zipfile
+from datetime import timedelta
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
+from django.utils import timezone
 
 from labs.catalog import LABS_ROOT
 from portal.submissions.models import Job, Submission
@@ -69,10 +73,6 @@ def test_uploaded_file_is_accepted(alice_client, custom_op):
 
 
 def test_closed_assignment_refuses_students(alice_client, custom_op):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
     custom_op.due_at = timezone.now() - timedelta(minutes=1)
     custom_op.save()
     response = alice_client.post(assignment_url(custom_op), {"code": CORRECT})
@@ -91,8 +91,5 @@ def test_assignment_page_renders_instructions_and_starter(alice_client, custom_o
     assert "<script" not in page.split('<article class="instructions">')[1].split("</article>")[0]
     starter = alice_client.get(reverse("courses:starter", args=[custom_op.course.slug, custom_op.slug]))
     assert starter["Content-Type"] == "application/zip"
-    import io
-    import zipfile
-
     names = zipfile.ZipFile(io.BytesIO(starter.content)).namelist()
     assert names == ["custom_op/linear_op.py", "custom_op/README.md"]
