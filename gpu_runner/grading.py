@@ -9,11 +9,12 @@ and becomes verdict ``error``.
 
 from __future__ import annotations
 
+import errno
 import inspect
-import shutil
+import io
+import os
 import socket
 import sys
-import tempfile
 import textwrap
 import time
 import traceback
@@ -22,16 +23,20 @@ from pathlib import Path
 
 import torch
 
-from gpu_runner import launcher
+from gpu_runner import launcher, sandbox
 from gpu_runner.events import EventSink
 from labs.catalog import Lab, LabError, find_lab
 from labs.grading import CheckFailed
 
 HARNESS = Path(__file__).with_name("harness.py")
 MAX_OUTPUT_FILE_BYTES = 64 * 1024 * 1024
+DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+RESULT_TAIL_CHARS = 2000
+# The whole environment of a job's process: nothing of the worker's (no REDIS_URL, no secrets).
 CLEAN_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
     "LANG": "C.UTF-8",
+    "USER": "sandbox",
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
     "PYTHONDONTWRITEBYTECODE": "1",
@@ -61,11 +66,13 @@ class Grading:
     sink: EventSink
     cases: list[dict]
     tests: list[TestOutcome]
-    workdir: Path
+    folder: sandbox.JobFolder
     grader: object
     limits: dict
+    config: sandbox.Config
     metric: float | None = None
     import_error: dict | None = None
+    case_errors: list[dict] = field(default_factory=list)
     marks: dict[str, float] = field(default_factory=dict)
 
 
@@ -84,6 +91,8 @@ def _grade(message: dict, sink: EventSink) -> dict:
         grading = prepare(message, sink)
     except LabError as exc:
         return _infrastructure_error(message, sink, marks, f"the lab could not be loaded: {exc}")
+    except sandbox.SandboxUnavailable as exc:
+        return _infrastructure_error(message, sink, marks, f"this worker cannot sandbox submissions: {exc}")
     except Exception:  # noqa: BLE001 - a grader bug is the infrastructure's fault, not the student's
         return _infrastructure_error(message, sink, marks, "preparing the job failed:\n" + traceback.format_exc())
     grading.marks = marks
@@ -92,7 +101,7 @@ def _grade(message: dict, sink: EventSink) -> dict:
     except Exception:  # noqa: BLE001
         return _infrastructure_error(message, sink, marks, "grading failed:\n" + traceback.format_exc())
     finally:
-        shutil.rmtree(grading.workdir, ignore_errors=True)
+        grading.folder.remove()
 
 
 def prepare(message: dict, sink: EventSink) -> Grading:
@@ -107,11 +116,13 @@ def prepare(message: dict, sink: EventSink) -> Grading:
     unknown = sorted(set(message["files"]) - set(lab.allowed_files))
     if unknown:
         raise LabError(f"files {unknown} are not allowed by the lab (allowed: {list(lab.allowed_files)})")
-    workdir = Path(tempfile.mkdtemp(prefix=f"aisys-job-{message['job_id']}-"))
+    config = sandbox.config()
+    limits = {**lab.limits.as_dict(), **message.get("limits", {})}
+    folder = sandbox.JobFolder.create(message["job_id"], config=config, disk_mb=int(limits["disk_mb"]))
     for name, text in message["files"].items():
-        (workdir / name).write_text(text, encoding="utf-8")
-    run_source = textwrap.dedent(inspect.getsource(grader.run))
-    (workdir / "_lab_run.py").write_text(run_source, encoding="utf-8")
+        folder.write_box_file(name, text.encode("utf-8"))
+    folder.add_runner_file("harness.py", HARNESS.read_text(encoding="utf-8"))
+    folder.add_runner_file("lab_run.py", textwrap.dedent(inspect.getsource(grader.run)))
     tests = [TestOutcome(name=c["name"], points=float(c.get("points", 1.0))) for c in cases]
     sink.publish("progress", {"phase": "tests", "done": 0, "total": len(cases)})
     return Grading(
@@ -120,31 +131,38 @@ def prepare(message: dict, sink: EventSink) -> Grading:
         sink=sink,
         cases=cases,
         tests=tests,
-        workdir=workdir,
+        folder=folder,
         grader=grader,
-        limits={**lab.limits.as_dict(), **message.get("limits", {})},
+        limits=limits,
+        config=config,
     )
 
 
 def start(grading: Grading) -> launcher.ProcessOutcome:
-    env = {**CLEAN_ENV, "HOME": str(grading.workdir)}
-    if grading.lab.is_gpu and not torch.cuda.is_available():
-        env["TRITON_INTERPRET"] = "1"
-    argv = [
+    folder = grading.folder
+    scratch = "/tmp" if folder.sandboxed else folder.box_inside
+    env = {**CLEAN_ENV, "HOME": scratch, "TMPDIR": scratch, "TRITON_CACHE_DIR": f"{scratch}/.triton"}
+    gpus: tuple[int, ...] = ()
+    if grading.lab.is_gpu:
+        if torch.cuda.is_available():
+            gpus = (int(os.environ.get("AISYS_GPU", "0")),)
+        else:
+            env["TRITON_INTERPRET"] = "1"
+    command = [
         sys.executable,
-        "-I",
+        "-I",  # isolated: no PYTHON* variables, no user site, no script folder on sys.path
+        "-B",  # no __pycache__ in the job folder
         "-u",
-        str(HARNESS),
-        str(grading.workdir),
+        f"{folder.runner_inside}/harness.py",
+        folder.box_inside,
         grading.lab.entry,
         ",".join(grading.lab.forbidden),
     ]
     grading.marks["launched"] = time.time()
     return launcher.launch(
-        argv,
-        cwd=str(grading.workdir),
+        command,
+        sandbox=sandbox.Sandbox(grading.config, folder, grading.limits, gpus),
         env=env,
-        limits=grading.limits,
         on_output=lambda text: grading.sink.publish("log", {"stream": "output", "text": text}),
         on_event=lambda event: collect(grading, event),
     )
@@ -155,11 +173,13 @@ def collect(grading: Grading, event: dict) -> bytes | None:
     kind = event["type"]
     if kind == "started":
         grading.marks.setdefault("harness_started", time.time())
-    elif kind == "imported":
+    elif kind == "imported" and "imported" not in grading.marks:
+        # Only now, with the student's module imported, do the inputs enter the sandbox, under a
+        # name the submission cannot have prepared a link for.
         payload = {"cases": [{"name": c["name"], "inputs": c["inputs"]} for c in grading.cases]}
-        torch.save(payload, grading.workdir / "_cases.pt")
+        name = grading.folder.write_box_file("_cases.pt", sandbox.serialize(payload), unique=True)
         grading.marks["imported"] = time.time()
-        return b"go\n"
+        return f"go {name}\n".encode()
     elif kind == "import_failed":
         grading.import_error = _read_output(grading, "import").get("error")
     elif kind == "case_done" and isinstance(event.get("index"), int) and 0 <= event["index"] < len(grading.cases):
@@ -174,7 +194,9 @@ def _check_case(grading: Grading, index: int, duration: float) -> None:
     test.duration = round(duration, 4)
     record = _read_output(grading, index)
     if not record.get("ok"):
-        test.outcome, test.message = "failed", _describe_error(record.get("error") or {})
+        error = record.get("error") if isinstance(record.get("error"), dict) else {}
+        grading.case_errors.append(error)
+        test.outcome, test.message = "failed", _describe_error(error)
     else:
         try:
             verdict = grading.grader.check(grading.cases[index], record.get("value"))
@@ -191,16 +213,13 @@ def _check_case(grading: Grading, index: int, duration: float) -> None:
 
 
 def _read_output(grading: Grading, index: int | str) -> dict:
-    path = grading.workdir / "_outputs" / f"{index}.pt"
     try:
-        if path.stat().st_size > MAX_OUTPUT_FILE_BYTES:
-            return {
-                "ok": False,
-                "error": {"type": "OutputTooLarge", "message": f"the output is over {MAX_OUTPUT_FILE_BYTES >> 20} MiB"},
-            }
-        record = torch.load(path, weights_only=True, map_location="cpu")
+        data = grading.folder.read_box_file("_outputs", f"{index}.pt", max_bytes=MAX_OUTPUT_FILE_BYTES)
+        record = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except FileNotFoundError:
         return {"ok": False, "error": {"type": "NoOutput", "message": "the harness wrote no output for this case"}}
+    except sandbox.UnsafeFile as exc:
+        return {"ok": False, "error": {"type": "BadOutput", "message": f"the output was not readable: {exc}"}}
     except Exception as exc:  # noqa: BLE001 - a subclass, a pickle trick, a truncated file
         return {
             "ok": False,
@@ -233,37 +252,8 @@ def _student_frames(trace: str) -> str:
 
 
 def report(grading: Grading, outcome: launcher.ProcessOutcome, message: dict) -> dict:
+    verdict, reason, summary = _verdict(grading, outcome)
     tests = grading.tests
-    finished = all(t.outcome != "not_run" for t in tests)
-    failed = [t for t in tests if t.outcome == "failed"]
-    limits = grading.limits
-    if grading.import_error is not None:
-        verdict, reason = "failed", "import_error"
-        summary = f"Your module could not be imported: {_describe_error(grading.import_error)}"
-    elif outcome.timed_out:
-        verdict, reason = "timed_out", "time_limit"
-        running = next((t.name for t in tests if t.outcome == "not_run"), None)
-        where = f" while running test '{running}'" if running else ""
-        summary = f"Time limit exceeded: the job ran for more than {limits['wall_seconds']:g} s{where}."
-    elif outcome.output_limited:
-        verdict, reason = "failed", "output_limit"
-        summary = f"Output limit exceeded: your code printed more than {limits['output_bytes']} bytes; print less."
-    elif outcome.signal_name == "SIGXCPU":
-        verdict, reason = "failed", "cpu_limit"
-        summary = f"CPU time limit of {limits['cpu_seconds']:g} s exceeded."
-    elif not finished:
-        verdict, reason = "failed", "crashed"
-        how = (
-            f"was killed by {outcome.signal_name}" if outcome.signal_name else f"exited with code {outcome.returncode}"
-        )
-        running = next((t.name for t in tests if t.outcome == "not_run"), "?")
-        summary = f"Your code crashed: the process {how} during test '{running}'."
-    elif failed:
-        forbidden = any(t.message.startswith("forbidden call") for t in failed)
-        verdict, reason = "failed", "forbidden_call" if forbidden else "wrong_answer"
-        summary = f"{len(failed)} of {len(tests)} tests failed: " + ", ".join(t.name for t in failed)
-    else:
-        verdict, reason, summary = "succeeded", "", f"All {len(tests)} tests passed."
     for test in tests:
         if test.outcome == "not_run":
             test.outcome, test.message = "failed", f"not run: the job stopped first ({reason.replace('_', ' ')})"
@@ -285,8 +275,78 @@ def report(grading: Grading, outcome: launcher.ProcessOutcome, message: dict) ->
         "lab_version": grading.lab.version,
         "timings": _timings(marks, message, finished_at),
     }
-    grading.sink.publish("result", {k: result[k] for k in ("verdict", "reason", "score", "metric", "summary")})
+    grading.sink.publish(
+        "result",
+        {
+            **{k: result[k] for k in ("verdict", "reason", "score", "metric", "summary")},
+            "output_tail": "" if verdict == "succeeded" else outcome.output_tail[-RESULT_TAIL_CHARS:],
+        },
+    )
     return result
+
+
+def _verdict(grading: Grading, outcome: launcher.ProcessOutcome) -> tuple[str, str, str]:
+    """The verdict, its reason and a summary that tells the student what to change."""
+    tests, limits = grading.tests, grading.limits
+    running = next((t.name for t in tests if t.outcome == "not_run"), None)
+    during = f" during test '{running}'" if running else ""
+    errors = grading.case_errors + ([grading.import_error] if grading.import_error else [])
+    if "harness_started" not in grading.marks and not (outcome.memory_limited or outcome.timed_out):
+        # The harness announces itself before it imports anything of the submission's.
+        raise RuntimeError(
+            f"the sandboxed harness never started (exit {outcome.returncode}): {outcome.output_tail.strip()[-800:]}"
+        )
+    if outcome.memory_limited or any(e.get("type") == "MemoryError" for e in errors):
+        peak = f" (peak {outcome.peak_memory_bytes / 2**20:.0f} MiB)" if outcome.peak_memory_bytes else ""
+        return (
+            "failed",
+            "memory_limit",
+            f"Memory limit exceeded: your code needed more than {limits['memory_mb']} MiB{peak}{during}; "
+            "allocate less (smaller batches, free what you no longer need).",
+        )
+    if grading.import_error is not None:
+        return "failed", "import_error", f"Your module could not be imported: {_describe_error(grading.import_error)}"
+    if outcome.timed_out:
+        return (
+            "timed_out",
+            "time_limit",
+            f"Time limit exceeded: the job ran for more than {limits['wall_seconds']:g} s{during}.",
+        )
+    if outcome.output_limited:
+        return (
+            "failed",
+            "output_limit",
+            f"Output limit exceeded: your code printed more than {limits['output_bytes']} bytes{during}; print less.",
+        )
+    if outcome.signal_name == "SIGXCPU":
+        return "failed", "cpu_limit", f"CPU time limit of {limits['cpu_seconds']:g} s exceeded{during}."
+    finished = running is None
+    failed = [t for t in tests if t.outcome == "failed"]
+    if outcome.processes_limited and (failed or not finished):
+        return (
+            "failed",
+            "process_limit",
+            f"Process limit exceeded: your code tried to run more than {limits['processes']} processes or "
+            f"threads at once{during}.",
+        )
+    if not finished:
+        how = f"exited with code {outcome.returncode}"
+        if outcome.signal_name:
+            how = f"was killed by {outcome.signal_name}"
+        return "failed", "crashed", f"Your code crashed: the process {how}{during}."
+    if any(e.get("errno") in DISK_ERRNOS for e in errors):
+        return (
+            "failed",
+            "disk_limit",
+            f"Disk limit exceeded: files are limited to {limits['file_size_mb']} MiB each and "
+            f"{limits['disk_mb']} MiB in all; write less.",
+        )
+    if failed:
+        forbidden = any(e.get("forbidden") for e in errors)
+        names = ", ".join(t.name for t in failed)
+        reason = "forbidden_call" if forbidden else "wrong_answer"
+        return "failed", reason, f"{len(failed)} of {len(tests)} tests failed: {names}"
+    return "succeeded", "", f"All {len(tests)} tests passed."
 
 
 def _timings(marks: dict, message: dict, finished_at: float) -> dict:

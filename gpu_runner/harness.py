@@ -1,10 +1,13 @@
 """The untrusted half of grading: runs inside the sandbox, next to the student's code.
 
-This file is executed as a script and imports nothing from the project. It imports the
-student's entry module, tells the worker so on the event channel, and only then receives the
-cases (inputs only: no seed, no references). For each case it calls the lab's ``run`` on a fresh
-clone of the inputs with the lab's forbidden functions patched to raise, and saves what ``run``
-returned as plain tensors for the worker to check. It never decides a verdict.
+This file is copied into the job's read-only runner folder, next to ``lab_run.py`` (the source
+of the lab's ``run``), and executed as a script; it imports nothing from the project. It patches
+the lab's forbidden functions to raise, imports the student's entry module, tells the worker so
+on the event channel, and only then learns where the cases are (inputs only: no seed, no
+references). For each case it calls ``run`` on a fresh clone of the inputs, re-applying the
+patches first, and saves what ``run`` returned as plain tensors for the worker to check. It never
+decides a verdict: the student's code shares this process and could change anything here, so
+nothing it writes is trusted beyond being data.
 
 Usage: python harness.py <job folder> <entry file> <forbidden dotted names, comma separated>
 """
@@ -25,8 +28,7 @@ import torch
 
 EVENT_FD = int(os.environ.get("AISYS_EVENT_FD", "-1"))
 OUTPUT_DIR = "_outputs"
-RUN_SOURCE = "_lab_run.py"
-CASES_FILE = "_cases.pt"
+RUN_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lab_run.py")
 
 
 class ForbiddenCall(Exception):
@@ -50,24 +52,34 @@ def _resolve(dotted: str):
 
 
 class Harness:
-    """What the lab's ``run`` may use: the unpatched originals of the forbidden functions."""
+    """Keeps the lab's forbidden functions patched out; ``run`` may use the originals.
+
+    The patches go in before the student's module is imported, so ``from torch import add`` at
+    import time already gets the stub, and they are re-applied before every case, so assigning the
+    original back does not last. Everything ``patch`` needs is bound here, before the student's
+    code runs, so replacing this class's methods or ``builtins.setattr`` later changes nothing.
+    """
 
     def __init__(self, forbidden: list[str]):
         self._originals = {}
+        self._stubs = {}
         for name in forbidden:
             module, attr = _resolve(name)
             self._originals[name] = (module, attr, getattr(module, attr))
+            self._stubs[name] = _forbidden_stub(name)
+        self.patch = self._make_patch()
 
     def original(self, name: str):
         return self._originals[name][2]
 
-    def patch(self) -> None:
-        for name, (module, attr, _) in self._originals.items():
-            setattr(module, attr, _forbidden_stub(name))
+    def _make_patch(self):
+        targets = [(module, attr, self._stubs[name]) for name, (module, attr, _) in self._originals.items()]
 
-    def unpatch(self) -> None:
-        for module, attr, original in self._originals.values():
-            setattr(module, attr, original)
+        def patch(_targets=tuple(targets), _setattr=setattr) -> None:
+            for module, attr, stub in _targets:
+                _setattr(module, attr, stub)
+
+        return patch
 
 
 def _forbidden_stub(name: str):
@@ -91,11 +103,13 @@ def _clone(value):
 
 def _error(exc: BaseException) -> dict:
     lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    code = getattr(exc, "errno", None)
     return {
         "type": type(exc).__name__,
         "message": str(exc)[:2000],
         "traceback": "".join(lines)[-4000:],
         "forbidden": exc.name if isinstance(exc, ForbiddenCall) else "",
+        "errno": code if isinstance(code, int) else None,
     }
 
 
@@ -123,7 +137,9 @@ def main(argv: list[str]) -> int:
     sys.path.insert(0, workdir)
     os.makedirs(OUTPUT_DIR, exist_ok=True)
     harness = Harness(forbidden)
+    patch = harness.patch  # held in this frame: the student's module cannot swap it out
     emit("started")
+    patch()
     try:
         student = importlib.import_module(entry.removesuffix(".py"))
     except BaseException as exc:  # noqa: BLE001 - any failure at import is the submission's
@@ -131,25 +147,23 @@ def main(argv: list[str]) -> int:
         emit("import_failed")
         return 3
     emit("imported")
-    if sys.stdin.readline().strip() != "go":
+    command, _, cases_file = sys.stdin.readline().strip().partition(" ")
+    if command != "go" or os.path.basename(cases_file) != cases_file or not cases_file:
         return 4
-    payload = torch.load(CASES_FILE, weights_only=True)
-    os.unlink(CASES_FILE)
+    payload = torch.load(cases_file, weights_only=True)
+    os.unlink(cases_file)
     run_module = types.ModuleType("lab_run")
     run_module.harness = harness
     with open(RUN_SOURCE, encoding="utf-8") as f:
-        exec(compile(f.read(), RUN_SOURCE, "exec"), run_module.__dict__)
-    os.unlink(RUN_SOURCE)
+        exec(compile(f.read(), "lab_run.py", "exec"), run_module.__dict__)
     for index, case in enumerate(payload["cases"]):
         emit("case_start", index=index, name=case["name"])
         started = time.perf_counter()
-        harness.patch()
+        patch()
         try:
             record = {"ok": True, "value": run_module.run(student, _clone(case["inputs"]))}
         except BaseException as exc:  # noqa: BLE001 - reported per case, the next case still runs
             record = {"ok": False, "error": _error(exc)}
-        finally:
-            harness.unpatch()
         _save(index, record)
         emit("case_done", index=index, duration=time.perf_counter() - started)
     emit("done")

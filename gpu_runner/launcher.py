@@ -1,17 +1,15 @@
-"""Start untrusted code in its own process and hold it to its limits.
+"""Start a job's untrusted process in its sandbox and hold it to its limits.
 
-This is the one place where a job's process is created, so the sandbox (bubblewrap, cgroups,
-a non-root uid) hardens this function and nothing else. Today it gives the process a new
-session, kills it with its parent, applies CPU-time and file-size rlimits, enforces the wall
-time and output budget from the parent, and kills the whole process group when done.
+The one place a job's process is created. ``sandbox.Sandbox`` says how it is confined
+(bubblewrap, cgroups, rlimits, the uid); this module runs it: the wall time and the output budget
+are enforced here, from the parent, the event channel is read here, and when the job ends its
+whole process group and cgroup are killed.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import resource
 import selectors
 import signal
 import subprocess
@@ -19,9 +17,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gpu_runner.sandbox import Sandbox
+
 TAIL_BYTES = 8192
 MAX_EVENT_LINE = 65536
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -33,30 +32,20 @@ class ProcessOutcome:
     output_bytes: int
     output_tail: str
     wall_seconds: float
-
-
-def _limit_child(cpu_seconds: float, file_size_bytes: int) -> Callable[[], None]:
-    def preexec() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the worker
-        cpu = max(1, int(cpu_seconds))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_bytes, file_size_bytes))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-    return preexec
+    memory_limited: bool = False
+    peak_memory_bytes: int | None = None
+    processes_limited: bool = False
 
 
 def launch(
-    argv: list[str],
+    command: list[str],
     *,
-    cwd: str,
+    sandbox: Sandbox,
     env: dict[str, str],
-    limits: dict,
     on_output: Callable[[str], None],
     on_event: Callable[[dict], bytes | None],
 ) -> ProcessOutcome:
-    """Run ``argv`` to completion under ``limits``.
+    """Run ``command`` in ``sandbox`` to completion under the sandbox's limits.
 
     ``on_output`` receives stdout and stderr (merged) as they arrive, up to the output budget.
     ``on_event`` receives each JSON line the process writes on its event channel (the file
@@ -64,17 +53,18 @@ def launch(
     """
     event_read, event_write = os.pipe()
     env = {**env, "AISYS_EVENT_FD": str(event_write)}
+    limits = sandbox.limits
     started = time.monotonic()
     proc = subprocess.Popen(
-        argv,
-        cwd=cwd,
+        sandbox.argv(command),
+        cwd=sandbox.folder.root if sandbox.cfg.sandboxed else sandbox.folder.box,
         env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         pass_fds=(event_write,),
         start_new_session=True,
-        preexec_fn=_limit_child(limits["cpu_seconds"], int(limits["file_size_mb"]) * 1024 * 1024),
+        preexec_fn=sandbox.preexec,
     )
     os.close(event_write)
     deadline = started + float(limits["wall_seconds"])
@@ -134,15 +124,19 @@ def launch(
             except OSError:
                 pass
     returncode = proc.wait()
-    signal_name = signal.Signals(-returncode).name if returncode < 0 else ""
+    usage = sandbox.usage()
+    sandbox.release()
     return ProcessOutcome(
         returncode=returncode,
-        signal_name=signal_name,
+        signal_name=sandbox.exit_signal(returncode),
         timed_out=timed_out,
         output_limited=output_limited,
         output_bytes=output_bytes,
         output_tail=tail.decode("utf-8", errors="replace"),
         wall_seconds=time.monotonic() - started,
+        memory_limited=usage.oom_kills > 0,
+        peak_memory_bytes=usage.peak_memory_bytes,
+        processes_limited=usage.pids_limited,
     )
 
 

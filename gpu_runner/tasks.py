@@ -9,7 +9,9 @@ import time
 from functools import cache
 
 import redis
+from celery.signals import worker_ready
 
+from gpu_runner import sandbox
 from gpu_runner.celery import REDIS_URL, app
 from gpu_runner.events import RedisStreamSink
 from gpu_runner.grading import grade
@@ -21,6 +23,12 @@ PORTAL_QUEUE = os.environ.get("AISYS_PORTAL_QUEUE", "portal")
 @cache
 def _redis() -> redis.Redis:
     return redis.Redis.from_url(REDIS_URL)
+
+
+@worker_ready.connect
+def announce_sandbox(**_) -> None:
+    """Say in the worker's log how jobs will be confined, or why every job will be refused."""
+    sandbox.log_startup()
 
 
 @app.task(name="gpu_runner.run_job", bind=True)

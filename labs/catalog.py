@@ -34,6 +34,7 @@ class Limits:
     memory_mb: int = 2048
     processes: int = 64
     file_size_mb: int = 64
+    disk_mb: int = 256  # the job folder, and each of /tmp and /dev/shm, in the sandbox
     output_bytes: int = 1_000_000
 
     def as_dict(self) -> dict:
