@@ -14,7 +14,6 @@ import inspect
 import io
 import os
 import socket
-import sys
 import textwrap
 import time
 import traceback
@@ -149,7 +148,7 @@ def start(grading: Grading) -> launcher.ProcessOutcome:
         else:
             env["TRITON_INTERPRET"] = "1"
     command = [
-        sys.executable,
+        grading.config.python_inside,
         "-I",  # isolated: no PYTHON* variables, no user site, no script folder on sys.path
         "-B",  # no __pycache__ in the job folder
         "-u",
@@ -296,6 +295,14 @@ def _verdict(grading: Grading, outcome: launcher.ProcessOutcome) -> tuple[str, s
         raise RuntimeError(
             f"the sandboxed harness never started (exit {outcome.returncode}): {outcome.output_tail.strip()[-800:]}"
         )
+    # Before memory: a fork bomb runs out of memory too, but the processes are what to fix.
+    if outcome.processes_limited and (running or any(t.outcome == "failed" for t in tests)):
+        return (
+            "failed",
+            "process_limit",
+            f"Process limit exceeded: your code tried to run more than {limits['processes']} processes or "
+            f"threads at once{during}.",
+        )
     if outcome.memory_limited or any(e.get("type") == "MemoryError" for e in errors):
         peak = f" (peak {outcome.peak_memory_bytes / 2**20:.0f} MiB)" if outcome.peak_memory_bytes else ""
         return (
@@ -322,13 +329,6 @@ def _verdict(grading: Grading, outcome: launcher.ProcessOutcome) -> tuple[str, s
         return "failed", "cpu_limit", f"CPU time limit of {limits['cpu_seconds']:g} s exceeded{during}."
     finished = running is None
     failed = [t for t in tests if t.outcome == "failed"]
-    if outcome.processes_limited and (failed or not finished):
-        return (
-            "failed",
-            "process_limit",
-            f"Process limit exceeded: your code tried to run more than {limits['processes']} processes or "
-            f"threads at once{during}.",
-        )
     if not finished:
         how = f"exited with code {outcome.returncode}"
         if outcome.signal_name:

@@ -21,6 +21,10 @@ from gpu_runner.sandbox import Sandbox
 
 TAIL_BYTES = 8192
 MAX_EVENT_LINE = 65536
+# How long the process may linger after the harness says it is done (flushing output, exiting)
+# before it is killed; a submission that stops its own sandbox's init would otherwise hold the
+# job until the wall time.
+EXIT_GRACE_SECONDS = 2.0
 
 
 @dataclass
@@ -77,9 +81,13 @@ def launch(
     selector.register(proc.stdout, selectors.EVENT_READ, "output")
     selector.register(event_read, selectors.EVENT_READ, "event")
     open_streams = 2
+    done_at: float | None = None
     try:
         while open_streams:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            if done_at is not None and now > done_at + EXIT_GRACE_SECONDS:
+                break
+            remaining = deadline - now
             if remaining <= 0:
                 timed_out = True
                 break
@@ -105,7 +113,12 @@ def launch(
                     if len(event_buffer) > MAX_EVENT_LINE:
                         event_buffer = b""
                     for line in lines:
-                        reply = _dispatch_event(line, on_event)
+                        event = _parse_event(line)
+                        if event is None:
+                            continue
+                        if event["type"] == "done" and done_at is None:
+                            done_at = time.monotonic()
+                        reply = on_event(event)
                         if reply:
                             try:
                                 proc.stdin.write(reply)
@@ -140,12 +153,12 @@ def launch(
     )
 
 
-def _dispatch_event(line: bytes, on_event: Callable[[dict], bytes | None]) -> bytes | None:
+def _parse_event(line: bytes) -> dict | None:
     try:
         event = json.loads(line)
     except ValueError:
         return None
-    return on_event(event) if isinstance(event, dict) and isinstance(event.get("type"), str) else None
+    return event if isinstance(event, dict) and isinstance(event.get("type"), str) else None
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

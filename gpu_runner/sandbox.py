@@ -303,7 +303,8 @@ class Config:
     switch_to: tuple[int, int] | None  # (uid, gid) a root worker drops to before starting bwrap
     inside_ids: tuple[int, int]  # uid and gid the job sees
     cgroups: Cgroups
-    python_paths: tuple[str, ...]  # read-only binds that make this worker's Python work inside
+    python_binds: tuple[tuple[str, str], ...]  # (host, inside) read-only binds for this worker's Python
+    python_inside: str  # the interpreter, as the job sees it
 
     @property
     def sandboxed(self) -> bool:
@@ -316,12 +317,23 @@ class Config:
         return f"bubblewrap {self.bwrap} as {who}; {self.cgroups.note}"
 
 
-def _python_paths() -> tuple[str, ...]:
-    paths = []
-    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}:
+VENV_INSIDE = "/opt/venv"
+
+
+def _python() -> tuple[tuple[tuple[str, str], ...], str]:
+    """Read-only binds that make this worker's Python work in the sandbox, and its path there.
+
+    A virtual environment is mounted at /opt/venv, so the job does not even learn where the
+    project lives; a base installation outside /usr keeps its path, which is compiled into it.
+    """
+    binds = {}
+    for prefix in (sys.base_prefix, sys.base_exec_prefix):
         if not (prefix == "/usr" or prefix.startswith("/usr/")):
-            paths.append(prefix)
-    return tuple(sorted(set(paths)))
+            binds[prefix] = prefix
+    if sys.prefix == sys.base_prefix:
+        return tuple(binds.items()), sys.executable
+    binds[sys.prefix] = VENV_INSIDE
+    return tuple(binds.items()), os.path.join(VENV_INSIDE, os.path.relpath(sys.executable, sys.prefix))
 
 
 def _sandbox_ids() -> tuple[int, int]:
@@ -342,11 +354,11 @@ def config() -> Config:
     if bwrap is None:
         if os.environ.get(ALLOW_UNSANDBOXED) == "1":
             log.warning("%s=1 and no bubblewrap: submissions will run UNSANDBOXED. %s", ALLOW_UNSANDBOXED, INSTALL_HINT)
-            return Config(None, switch_to, ids, cgroups, _python_paths())
+            return Config(None, switch_to, ids, cgroups, (), sys.executable)
         raise SandboxUnavailable(
             "bubblewrap (bwrap) is not installed, so this worker refuses to run untrusted code. " + INSTALL_HINT
         )
-    found = Config(bwrap, switch_to, ids, cgroups, _python_paths())
+    found = Config(bwrap, switch_to, ids, cgroups, *_python())
     _probe(found)
     return found
 
@@ -355,7 +367,8 @@ def _probe(found: Config) -> None:
     """Start one real sandbox running this Python, so a broken set-up fails here with bwrap's own words."""
     folder = JobFolder.create("probe", config=found, disk_mb=1)
     try:
-        argv = bwrap_argv(found, folder, [sys.executable, "-I", "-c", "import os; print(os.getuid())"], gpus=())
+        command = [found.python_inside, "-I", "-c", "import os, torch; print(os.getuid())"]
+        argv = bwrap_argv(found, folder, command, gpus=())
         proc = subprocess.run(
             argv,
             capture_output=True,
@@ -548,8 +561,8 @@ def bwrap_argv(cfg: Config, folder: JobFolder, command: list[str], *, gpus: tupl
             argv += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             argv += ["--ro-bind", top, top]
-    for path in cfg.python_paths:
-        argv += ["--ro-bind", path, path]
+    for host, inside in cfg.python_binds:
+        argv += ["--ro-bind", host, inside]
     argv += ["--dir", "/etc"]
     for name in ETC_FILES:
         argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
