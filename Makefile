@@ -33,6 +33,7 @@ lint: install
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
 bench: install system
+	$(PY) bench/sandbox_overhead.py
 	$(PY) bench/e2e_latency.py
 
 clean:

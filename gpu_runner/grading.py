@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import inspect
 import io
-import os
 import socket
 import textwrap
 import time
@@ -144,7 +143,7 @@ def start(grading: Grading) -> launcher.ProcessOutcome:
     gpus: tuple[int, ...] = ()
     if grading.lab.is_gpu:
         if torch.cuda.is_available():
-            gpus = (int(os.environ.get("AISYS_GPU", "0")),)
+            gpus = sandbox.assigned_gpus()
         else:
             env["TRITON_INTERPRET"] = "1"
     command = [

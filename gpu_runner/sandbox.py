@@ -588,12 +588,21 @@ def _write_etc_files(folder: JobFolder, cfg: Config) -> None:
     folder.add_runner_file("etc-hosts", f"127.0.0.1 localhost {SANDBOX_HOSTNAME}\n::1 localhost\n")
 
 
-def gpu_device_nodes(gpus: tuple[int, ...]) -> list[str]:
+def assigned_gpus(dev: str = "/dev") -> tuple[int, ...]:
+    """This worker's GPU: ``AISYS_GPU``, else the only one whose device node exists (a container
+    given one GPU sees just its node, whatever its number), else GPU 0."""
+    if os.environ.get("AISYS_GPU"):
+        return (int(os.environ["AISYS_GPU"]),)
+    present = sorted(int(name[6:]) for name in os.listdir(dev) if name[6:].isdigit() and name.startswith("nvidia"))
+    return (present[0],) if len(present) == 1 else (0,)
+
+
+def gpu_device_nodes(gpus: tuple[int, ...], dev: str = "/dev") -> list[str]:
     """The device nodes a job on ``gpus`` needs: its own GPUs' and the driver's shared ones, no others."""
     if not gpus:
         return []
-    nodes = [f"/dev/nvidia{int(i)}" for i in gpus]
-    nodes += [f"/dev/{name}" for name in NVIDIA_SHARED_NODES]
+    nodes = [f"{dev}/nvidia{int(i)}" for i in gpus]
+    nodes += [f"{dev}/{name}" for name in NVIDIA_SHARED_NODES]
     return [node for node in nodes if os.path.exists(node)]
 
 

@@ -17,6 +17,20 @@ from portal.courses.services import assignment_create, enrollment_create
 from tests.factories import CourseFactory, UserFactory
 
 FIXTURE_LABS = Path(__file__).parent / "fixtures" / "labs"
+
+
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests need CUDA: skipped, and said so, on machines without a GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; run on a GPU worker (see docs/security.md)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 PASSWORD = "pw-for-tests-1"
 
 

@@ -62,6 +62,10 @@
     el("job-score").textContent = (r.score ?? 0).toFixed(2).replace(/\.?0+$/, "") + "/100";
     el("job-summary").textContent = r.summary || "";
     el("job-progress").textContent = "";
+    if (r.output_tail) {
+      el("job-tail").textContent = r.output_tail;
+      el("job-tail-box").hidden = false;
+    }
     if (r.metric !== null && r.metric !== undefined && box.dataset.metricName) {
       el("job-metric").textContent = `${box.dataset.metricName}: ${r.metric.toFixed(4)} ${box.dataset.metricUnit}`;
     }

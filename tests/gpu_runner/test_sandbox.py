@@ -1,0 +1,176 @@
+"""The sandbox's configuration and its fallbacks, on this machine's real bubblewrap and cgroups.
+
+The attacks themselves are in tests/security/; this file checks how the worker chooses and sets
+up the confinement: refusing without bubblewrap, the development escape hatch, cgroups versus
+rlimits, the bwrap command line, GPU device nodes and the job folder's link-proof file access.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpu_runner import sandbox
+from tests.gpu_runner.conftest import grade_source
+
+REPO = Path(__file__).resolve().parents[2]
+CORRECT = """
+    def double(x):
+        return x * 2
+"""
+
+
+@pytest.fixture
+def fresh_config(monkeypatch):
+    """Let a test change the worker's environment before the sandbox configuration is read."""
+    sandbox.config.cache_clear()
+    yield monkeypatch
+    sandbox.config.cache_clear()
+
+
+def test_worker_refuses_untrusted_code_without_bubblewrap_and_says_how_to_install_it(fresh_config):
+    fresh_config.setenv("AISYS_BWRAP", "/nonexistent/bwrap")
+    fresh_config.delenv(sandbox.ALLOW_UNSANDBOXED, raising=False)
+    result, _ = grade_source(CORRECT)
+    assert (result["verdict"], result["reason"]) == ("error", "infrastructure")
+    assert "refuses to run untrusted code" in result["detail"]
+    assert "apt-get install bubblewrap" in result["detail"]
+
+
+def test_development_setting_runs_unsandboxed_and_logs_it_loudly(fresh_config, caplog):
+    fresh_config.setenv("AISYS_BWRAP", "/nonexistent/bwrap")
+    fresh_config.setenv(sandbox.ALLOW_UNSANDBOXED, "1")
+    with caplog.at_level(logging.WARNING, logger="gpu_runner.sandbox"):
+        result, _ = grade_source(CORRECT)
+    assert result["verdict"] == "succeeded"
+    assert "UNSANDBOXED" in caplog.text and "Never run real students' code" in caplog.text
+
+
+def test_this_worker_limits_memory_and_processes_with_cgroups():
+    cgroups = sandbox.detect_cgroups()
+    assert cgroups.version in (1, 2), cgroups.note
+    assert cgroups.memory_parent is not None and cgroups.pids_parent is not None, cgroups.note
+
+
+def test_job_cgroups_are_removed_after_the_job():
+    cgroups = sandbox.config().cgroups
+    result, _ = grade_source(CORRECT)
+    assert result["verdict"] == "succeeded"
+    for parent in {cgroups.memory_parent, cgroups.pids_parent}:
+        assert not [p.name for p in parent.iterdir() if p.name.startswith("aisys-")]
+
+
+def test_rlimits_alone_still_stop_a_memory_bomb(fresh_config):
+    fresh_config.setenv("AISYS_CGROUPS", "none")
+    assert sandbox.config().cgroups.version == 0
+    result, _ = grade_source(
+        """
+        hog = []
+        def double(x):
+            while True:
+                hog.append(b"x" * (64 << 20))
+        """,
+        limits={"memory_mb": 1024},
+    )
+    assert (result["verdict"], result["reason"]) == ("failed", "memory_limit"), result["summary"]
+    assert "more than 1024 MiB" in result["summary"]
+
+
+def test_rlimits_alone_still_stop_a_fork_bomb(fresh_config):
+    fresh_config.setenv("AISYS_CGROUPS", "none")
+    result, _ = grade_source(
+        """
+        import os
+        def double(x):
+            children = 0
+            while True:
+                if os.fork() == 0:
+                    import time
+                    time.sleep(30)
+                children += 1
+        """,
+        limits={"processes": 16},
+    )
+    assert result["verdict"] == "failed"
+    assert "Resource temporarily unavailable" in result["tests"][0]["message"]
+
+
+def test_bwrap_command_line_isolates_everything_and_hides_the_project():
+    cfg = sandbox.config()
+    folder = sandbox.JobFolder.create("argv", config=cfg, disk_mb=8)
+    try:
+        argv = sandbox.bwrap_argv(cfg, folder, ["python"], gpus=())
+    finally:
+        folder.remove()
+    pairs = list(zip(argv, argv[1:], strict=False))
+    for flag in ("--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session"):
+        assert flag in argv
+    assert ("--cap-drop", "ALL") in pairs and ("--remount-ro", "/") in pairs and ("--chdir", "/job") in pairs
+    assert argv[argv.index("--bind") + 1 : argv.index("--bind") + 3] == [str(folder.box), "/job"]
+    binds = [argv[i + 1 : i + 3] for i, arg in enumerate(argv) if arg in ("--bind", "--ro-bind", "--dev-bind")]
+    for source, destination in binds:
+        assert not destination.startswith(str(REPO)), f"{source} is visible at {destination}"
+        if source.startswith(str(REPO)):
+            assert source == sys.prefix, f"{source} is bound into the sandbox"
+    assert "/etc/shadow" not in argv and "--share-net" not in argv
+
+
+def test_a_gpu_job_gets_only_its_own_device_nodes(tmp_path):
+    for name in ("nvidia0", "nvidia1", "nvidia2", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"):
+        (tmp_path / name).touch()
+    nodes = sandbox.gpu_device_nodes((1,), dev=str(tmp_path))
+    assert [Path(n).name for n in nodes] == ["nvidia1", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"]
+    assert sandbox.gpu_device_nodes((), dev=str(tmp_path)) == []
+
+
+def test_a_gpu_worker_takes_its_configured_gpu_or_the_only_one_it_can_see(tmp_path, monkeypatch):
+    monkeypatch.delenv("AISYS_GPU", raising=False)
+    for name in ("nvidia3", "nvidiactl", "nvidia-uvm"):
+        (tmp_path / name).touch()
+    assert sandbox.assigned_gpus(dev=str(tmp_path)) == (3,)  # a container given host GPU 3
+    (tmp_path / "nvidia5").touch()
+    assert sandbox.assigned_gpus(dev=str(tmp_path)) == (0,)
+    monkeypatch.setenv("AISYS_GPU", "5")
+    assert sandbox.assigned_gpus(dev=str(tmp_path)) == (5,)
+
+
+def test_job_folder_never_follows_what_the_submission_left_there():
+    cfg = sandbox.config()
+    folder = sandbox.JobFolder.create("links", config=cfg, disk_mb=8)
+    try:
+        (folder.box / "_outputs").mkdir()
+        (folder.box / "_outputs" / "0.pt").symlink_to("/etc/hostname")
+        os.mkfifo(folder.box / "_outputs" / "1.pt")
+        (folder.box / "_outputs" / "2.pt").write_bytes(b"x" * 2048)
+        (folder.box / "_cases.pt").symlink_to(folder.root / "victim")
+        with pytest.raises(sandbox.UnsafeFile, match="is a link"):
+            folder.read_box_file("_outputs", "0.pt", max_bytes=1024)
+        with pytest.raises(sandbox.UnsafeFile, match="not a regular file"):
+            folder.read_box_file("_outputs", "1.pt", max_bytes=1024)
+        with pytest.raises(sandbox.UnsafeFile, match="over"):
+            folder.read_box_file("_outputs", "2.pt", max_bytes=1024)
+        with pytest.raises(FileExistsError):
+            folder.write_box_file("_cases.pt", b"cases")
+        name = folder.write_box_file("_cases.pt", b"cases", unique=True)
+        assert name != "_cases.pt" and (folder.box / name).read_bytes() == b"cases"
+        assert not (folder.root / "victim").exists()
+    finally:
+        folder.remove()
+    assert not folder.root.exists()
+
+
+@pytest.mark.gpu
+def test_a_gpu_job_sees_exactly_one_gpu_and_uses_it():
+    result, _ = grade_source(
+        """
+        def double(x):
+            assert x.is_cuda
+            return x * 2
+        """,
+        lab="cuda_echo",
+    )
+    assert result["verdict"] == "succeeded", (result["summary"], result["tests"], result["output_tail"])
