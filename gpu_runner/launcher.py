@@ -59,18 +59,24 @@ def launch(
     env = {**env, "AISYS_EVENT_FD": str(event_write)}
     limits = sandbox.limits
     started = time.monotonic()
-    proc = subprocess.Popen(
-        sandbox.argv(command),
-        cwd=sandbox.folder.root if sandbox.cfg.sandboxed else sandbox.folder.box,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        pass_fds=(event_write,),
-        start_new_session=True,
-        preexec_fn=sandbox.preexec,
-    )
-    os.close(event_write)
+    try:
+        proc = subprocess.Popen(
+            sandbox.argv(command),
+            cwd=sandbox.folder.root if sandbox.cfg.sandboxed else sandbox.folder.box,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            pass_fds=(event_write,),
+            start_new_session=True,
+            preexec_fn=sandbox.preexec,
+        )
+    except BaseException:
+        os.close(event_read)
+        sandbox.release()
+        raise
+    finally:
+        os.close(event_write)
     deadline = started + float(limits["wall_seconds"])
     budget = int(limits["output_bytes"])
     tail = bytearray()

@@ -403,7 +403,11 @@ def _drop_privileges(switch_to: tuple[int, int] | None):
 def log_startup() -> None:
     """Say at worker start-up how jobs will be confined, or loudly why they will be refused."""
     try:
-        log.warning("job sandbox: %s", config().describe())
+        cfg = config()
+        log.warning("job sandbox: %s", cfg.describe())
+        swept = sweep_stale(cfg)
+        if swept:
+            log.warning("removed %d job folders and cgroups left by killed worker processes", swept)
     except SandboxUnavailable as exc:
         log.error("job sandbox unavailable; every job will fail with an infrastructure error: %s", exc)
 
@@ -434,7 +438,8 @@ class JobFolder:
     @classmethod
     def create(cls, job_id: object, *, config: Config, disk_mb: int) -> JobFolder:
         safe_id = "".join(c for c in str(job_id) if c.isalnum())[:32]
-        root = Path(tempfile.mkdtemp(prefix=f"aisys-job-{safe_id}-"))
+        # The creating process's pid in the name lets a restarted worker sweep up what a killed one left.
+        root = Path(tempfile.mkdtemp(prefix=f"aisys-job-{safe_id}-p{os.getpid()}-"))
         root.chmod(0o711)  # the sandbox uid may pass through to box/ and runner/, not list
         box, runner = root / "box", root / "runner"
         box.mkdir(mode=0o700)
@@ -503,6 +508,47 @@ class JobFolder:
         if self.mounted:
             subprocess.run(["umount", "--lazy", str(self.box)], check=False, capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def sweep_stale(cfg: Config) -> int:
+    """Remove job folders and cgroups left by worker processes that were killed mid-job.
+
+    Only those whose creating process (the pid in the name) is gone, so jobs of other workers on
+    the same host are left alone. Returns how many were removed.
+    """
+    removed = 0
+    places = [Path(tempfile.gettempdir())] + [
+        p for p in {cfg.cgroups.memory_parent, cfg.cgroups.pids_parent} if p is not None
+    ]
+    for place in places:
+        for path in place.glob("*aisys-job-*-p*-*"):
+            pid = _creator_pid(path.name)
+            if pid is None or _alive(pid):
+                continue
+            if place == places[0]:
+                JobFolder(path, sandboxed=True, mounted=os.path.ismount(path / "box"), disk_mb=0).remove()
+            else:
+                JobCgroup(cfg.cgroups.version, path, path).destroy()
+            removed += not path.exists()
+    return removed
+
+
+def _creator_pid(name: str) -> int | None:
+    """``...-p<pid>-<mkdtemp suffix>``: the suffix never contains a dash."""
+    parts = name.rsplit("-", 2)
+    if len(parts) == 3 and parts[1].startswith("p") and parts[1][1:].isdigit():
+        return int(parts[1][1:])
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _open_no_follow(name: str, flags: int, dir_fd: int) -> int:

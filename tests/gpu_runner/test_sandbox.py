@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -161,6 +163,24 @@ def test_job_folder_never_follows_what_the_submission_left_there():
     finally:
         folder.remove()
     assert not folder.root.exists()
+
+
+def test_a_restarted_worker_sweeps_up_what_a_killed_one_left():
+    cfg = sandbox.config()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive_folder = sandbox.JobFolder.create("live", config=cfg, disk_mb=8)
+    stale = Path(tempfile.gettempdir()) / f"aisys-job-42-p{dead.pid}-abc123"
+    (stale / "box").mkdir(parents=True)
+    (stale / "box" / "sol.py").write_text("left behind")
+    stale_cgroup = cfg.cgroups.memory_parent / f"aisys-{stale.name}"
+    stale_cgroup.mkdir()
+    try:
+        assert sandbox.sweep_stale(cfg) >= 2
+        assert not stale.exists() and not stale_cgroup.exists()
+        assert alive_folder.box.is_dir()  # this process's own job is left alone
+    finally:
+        alive_folder.remove()
 
 
 @pytest.mark.gpu
