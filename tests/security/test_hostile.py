@@ -557,3 +557,7 @@ if os.path.exists("/etc/shadow") or os.getcwd() != "/job" or os.uname().nodename
     )
     assert_blocked(graded)
     assert os.environ.get("AISYS_ALLOW_UNSANDBOXED") != "1"
+    startup = (worker.stack.log_dir / "worker-grading.log").read_text()
+    assert "job sandbox: bubblewrap" in startup
+    if os.geteuid() == 0:
+        assert "as uid 65534" in startup  # a root worker never runs a job as root
