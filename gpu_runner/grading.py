@@ -37,10 +37,7 @@ CLEAN_ENV = {
     "USER": "sandbox",
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
-    "PYTHONDONTWRITEBYTECODE": "1",
-    "PYTHONUNBUFFERED": "1",
-    "PYTHONHASHSEED": "0",
-}
+}  # no PYTHON* variables: the harness runs with -I, which ignores them (-B and -u say it instead)
 
 
 @dataclass
@@ -175,7 +172,7 @@ def collect(grading: Grading, event: dict) -> bytes | None:
         # Only now, with the student's module imported, do the inputs enter the sandbox, under a
         # name the submission cannot have prepared a link for.
         payload = {"cases": [{"name": c["name"], "inputs": c["inputs"]} for c in grading.cases]}
-        name = grading.folder.write_box_file("_cases.pt", sandbox.serialize(payload), unique=True)
+        name = grading.folder.write_box_file("_cases.pt", _serialize(payload), unique=True)
         grading.marks["imported"] = time.time()
         return f"go {name}\n".encode()
     elif kind == "import_failed":
@@ -183,6 +180,12 @@ def collect(grading: Grading, event: dict) -> bytes | None:
     elif kind == "case_done" and isinstance(event.get("index"), int) and 0 <= event["index"] < len(grading.cases):
         _check_case(grading, event["index"], float(event.get("duration", 0.0)))
     return None
+
+
+def _serialize(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def _check_case(grading: Grading, index: int, duration: float) -> None:

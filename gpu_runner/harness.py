@@ -62,24 +62,20 @@ class Harness:
 
     def __init__(self, forbidden: list[str]):
         self._originals = {}
-        self._stubs = {}
+        targets = []
         for name in forbidden:
             module, attr = _resolve(name)
-            self._originals[name] = (module, attr, getattr(module, attr))
-            self._stubs[name] = _forbidden_stub(name)
-        self.patch = self._make_patch()
-
-    def original(self, name: str):
-        return self._originals[name][2]
-
-    def _make_patch(self):
-        targets = [(module, attr, self._stubs[name]) for name, (module, attr, _) in self._originals.items()]
+            self._originals[name] = getattr(module, attr)
+            targets.append((module, attr, _forbidden_stub(name)))
 
         def patch(_targets=tuple(targets), _setattr=setattr) -> None:
             for module, attr, stub in _targets:
                 _setattr(module, attr, stub)
 
-        return patch
+        self.patch = patch
+
+    def original(self, name: str):
+        return self._originals[name]
 
 
 def _forbidden_stub(name: str):

@@ -62,7 +62,7 @@ def launch(
     try:
         proc = subprocess.Popen(
             sandbox.argv(command),
-            cwd=sandbox.folder.root if sandbox.cfg.sandboxed else sandbox.folder.box,
+            cwd=sandbox.cwd,
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
