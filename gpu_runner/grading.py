@@ -23,10 +23,14 @@ import torch
 
 from gpu_runner import launcher, sandbox
 from gpu_runner.events import EventSink
+from kernels import devices
 from labs.catalog import Lab, LabError, find_lab
 from labs.grading import CheckFailed
 
 HARNESS = Path(__file__).with_name("harness.py")
+KERNELS = Path(__file__).resolve().parent.parent / "kernels"
+# What a lab's run() may import from the runner folder: the timing harness, not the reference kernels.
+RUNNER_LIBRARY = {"lib/kernels/__init__.py": KERNELS / "__init__.py", "lib/kernels/bench.py": KERNELS / "bench.py"}
 MAX_OUTPUT_FILE_BYTES = 64 * 1024 * 1024
 DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 RESULT_TAIL_CHARS = 2000
@@ -65,10 +69,19 @@ class Grading:
     grader: object
     limits: dict
     config: sandbox.Config
+    device: str = "cpu"  # where the job's kernels run: "cuda" on a GPU worker, else "cpu"
     metric: float | None = None
     import_error: dict | None = None
     case_errors: list[dict] = field(default_factory=list)
     marks: dict[str, float] = field(default_factory=dict)
+    current_case: int | None = None
+    # case index -> shape label -> {"begin": t, "end": t} on the worker's monotonic clock
+    batches: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
+
+    @property
+    def interpreted(self) -> bool:
+        """Triton kernels of a GPU lab on a worker without CUDA run in the interpreter."""
+        return self.lab.is_gpu and self.device != "cuda"
 
 
 def grade(message: dict, sink: EventSink) -> dict:
@@ -107,7 +120,11 @@ def prepare(message: dict, sink: EventSink) -> Grading:
             f"{message['lab']['version']}; deploy the same labs/ to the portal and the workers"
         )
     grader = lab.load_grader()
-    cases = grader.cases(int(message["seed"]))
+    device = "cuda" if lab.is_gpu and torch.cuda.is_available() else "cpu"
+    if "device" in inspect.signature(grader.cases).parameters:
+        cases = grader.cases(int(message["seed"]), device=device)  # benchmark shapes differ by device
+    else:
+        cases = grader.cases(int(message["seed"]))
     unknown = sorted(set(message["files"]) - set(lab.allowed_files))
     if unknown:
         raise LabError(f"files {unknown} are not allowed by the lab (allowed: {list(lab.allowed_files)})")
@@ -118,6 +135,8 @@ def prepare(message: dict, sink: EventSink) -> Grading:
         folder.write_box_file(name, text.encode("utf-8"))
     folder.add_runner_file("harness.py", HARNESS.read_text(encoding="utf-8"))
     folder.add_runner_file("lab_run.py", textwrap.dedent(inspect.getsource(grader.run)))
+    for name, source in RUNNER_LIBRARY.items():
+        folder.add_runner_file(name, source.read_text(encoding="utf-8"))
     tests = [TestOutcome(name=c["name"], points=float(c.get("points", 1.0))) for c in cases]
     sink.publish("progress", {"phase": "tests", "done": 0, "total": len(cases)})
     return Grading(
@@ -130,6 +149,7 @@ def prepare(message: dict, sink: EventSink) -> Grading:
         grader=grader,
         limits=limits,
         config=config,
+        device=device,
     )
 
 
@@ -138,11 +158,10 @@ def start(grading: Grading) -> launcher.ProcessOutcome:
     scratch = "/tmp" if folder.sandboxed else folder.box_inside
     env = {**CLEAN_ENV, "HOME": scratch, "TMPDIR": scratch, "TRITON_CACHE_DIR": f"{scratch}/.triton"}
     gpus: tuple[int, ...] = ()
-    if grading.lab.is_gpu:
-        if torch.cuda.is_available():
-            gpus = sandbox.assigned_gpus()
-        else:
-            env["TRITON_INTERPRET"] = "1"
+    if grading.device == "cuda":
+        gpus = sandbox.assigned_gpus()
+    elif grading.interpreted:
+        env["TRITON_INTERPRET"] = "1"
     command = [
         grading.config.python_inside,
         "-I",  # isolated: no PYTHON* variables, no user site, no script folder on sys.path
@@ -177,9 +196,39 @@ def collect(grading: Grading, event: dict) -> bytes | None:
         return f"go {name}\n".encode()
     elif kind == "import_failed":
         grading.import_error = _read_output(grading, "import").get("error")
+    elif kind == "case_start" and isinstance(event.get("index"), int):
+        grading.current_case = event["index"]
+    elif kind == "bench_begin" and grading.current_case is not None:
+        # The sandbox starts timing only after this answer, so this clock reading precedes every
+        # timed call of the batch; a later begin for the same label replaces it (forging one
+        # can only shorten the envelope).
+        if any(t.outcome == "failed" for t in grading.tests):
+            return b"skip\n"  # correctness first: a wrong kernel's speed is worth nothing
+        batch = grading.batches.setdefault(grading.current_case, {})
+        batch[str(event.get("label"))] = {"begin": time.monotonic()}
+        return b"begin\n"
+    elif kind == "bench_end" and grading.current_case is not None:
+        entry = grading.batches.get(grading.current_case, {}).get(str(event.get("label")))
+        if entry is not None and "end" not in entry:
+            entry["end"] = time.monotonic()
     elif kind == "case_done" and isinstance(event.get("index"), int) and 0 <= event["index"] < len(grading.cases):
         _check_case(grading, event["index"], float(event.get("duration", 0.0)))
     return None
+
+
+def _runtime(grading: Grading, index: int) -> dict:
+    """What the trusted check of a benchmark case needs to know about how it ran."""
+    batches = grading.batches.get(index, {})
+    if grading.device == "cuda":
+        spec = devices.current(f"cuda:{sandbox.assigned_gpus()[0]}")
+    else:
+        spec = devices.current("cpu")
+    return {
+        "device": grading.device,
+        "spec": spec,  # the device's peaks, for the physical floor (kernels.devices)
+        "interpreted": grading.interpreted,
+        "envelopes": {label: t["end"] - t["begin"] for label, t in batches.items() if "end" in t},
+    }
 
 
 def _serialize(obj) -> bytes:
@@ -200,10 +249,15 @@ def _check_case(grading: Grading, index: int, duration: float) -> None:
         test.outcome, test.message = "failed", _describe_error(error)
     else:
         try:
-            verdict = grading.grader.check(grading.cases[index], record.get("value"))
+            case = grading.cases[index]
+            if "benchmark" in case:
+                case = {**case, "runtime": _runtime(grading, index)}
+            verdict = grading.grader.check(case, record.get("value"))
             test.outcome = "passed"
             if isinstance(verdict, dict) and isinstance(verdict.get("metric"), (int, float)):
                 grading.metric = float(verdict["metric"])
+            if isinstance(verdict, dict) and isinstance(verdict.get("message"), str):
+                test.message = verdict["message"]
         except CheckFailed as exc:
             test.outcome, test.message = "failed", str(exc)
         except Exception as exc:  # noqa: BLE001 - malformed output tripping the checker

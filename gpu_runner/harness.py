@@ -9,6 +9,9 @@ patches first, and saves what ``run`` returned as plain tensors for the worker t
 decides a verdict: the student's code shares this process and could change anything here, so
 nothing it writes is trusted beyond being data.
 
+The runner folder's ``lib/`` (``kernels/bench.py``, the timing harness) is importable, so a
+lab's ``run`` can ``from kernels import bench``; the reference kernels are not shipped.
+
 Usage: python harness.py <job folder> <entry file> <forbidden dotted names, comma separated>
 """
 
@@ -28,7 +31,8 @@ import torch
 
 EVENT_FD = int(os.environ.get("AISYS_EVENT_FD", "-1"))
 OUTPUT_DIR = "_outputs"
-RUN_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lab_run.py")
+RUNNER = os.path.dirname(os.path.abspath(__file__))
+RUN_SOURCE = os.path.join(RUNNER, "lab_run.py")
 
 
 class ForbiddenCall(Exception):
@@ -37,6 +41,10 @@ class ForbiddenCall(Exception):
     def __init__(self, name: str):
         super().__init__(f"forbidden call: {name}() is not allowed in this lab; write it yourself")
         self.name = name
+
+
+class NotTimed(Exception):
+    """The worker declined to time a batch (a correctness test failed first)."""
 
 
 def emit(event_type: str, **data) -> None:
@@ -76,6 +84,26 @@ class Harness:
 
     def original(self, name: str):
         return self._originals[name]
+
+    @staticmethod
+    def forbidden(name: str) -> ForbiddenCall:
+        """The error a lab's ``run`` raises for a forbidden call it detects itself."""
+        return ForbiddenCall(name)
+
+    @staticmethod
+    def begin(label: str) -> None:
+        """Before a timed batch (kernels.bench.run_case): the worker notes the time on its own clock
+        and answers; timing starts only after that answer, so the worker's clock encloses it."""
+        emit("bench_begin", label=label)
+        answer = sys.stdin.readline().strip()
+        if answer == "skip":
+            raise NotTimed("not timed: every correctness test must pass before the benchmark runs")
+        if answer != "begin":
+            raise RuntimeError("the worker did not acknowledge the timed batch")
+
+    @staticmethod
+    def end(label: str) -> None:
+        emit("bench_end", label=label)
 
 
 def _forbidden_stub(name: str):
@@ -131,6 +159,7 @@ def main(argv: list[str]) -> int:
     workdir, entry, forbidden = argv[1], argv[2], [n for n in argv[3].split(",") if n]
     os.chdir(workdir)
     sys.path.insert(0, workdir)
+    sys.path.append(os.path.join(RUNNER, "lib"))
     os.makedirs(OUTPUT_DIR, exist_ok=True)
     harness = Harness(forbidden)
     patch = harness.patch  # held in this frame: the student's module cannot swap it out

@@ -467,7 +467,11 @@ class JobFolder:
         return RUNNER_DIR if self.sandboxed else str(self.runner)
 
     def add_runner_file(self, name: str, text: str) -> None:
+        """Write a trusted file (``name`` may hold folders: ``lib/kernels/bench.py``) for the sandbox
+        to read at /opt/aisys."""
         path = self.runner / name
+        for parent in reversed(path.relative_to(self.runner).parents[:-1]):
+            (self.runner / parent).mkdir(mode=0o755, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         path.chmod(0o644)
 

@@ -3,6 +3,7 @@ three students (alice, bob, carol). Data goes through services, as the app write
 
 from __future__ import annotations
 
+import os
 import socket
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +18,14 @@ from portal.courses.services import assignment_create, enrollment_create
 from tests.factories import CourseFactory, UserFactory
 
 FIXTURE_LABS = Path(__file__).parent / "fixtures" / "labs"
+
+# Without a GPU, Triton kernels run in Triton's interpreter (numpy on the CPU): correct results,
+# meaningless timings. It must be set before any @triton.jit function is defined.
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
 
 
 def pytest_collection_modifyitems(config, items):
