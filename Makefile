@@ -35,6 +35,7 @@ lint: install
 bench: install system
 	$(PY) bench/sandbox_overhead.py
 	$(PY) bench/e2e_latency.py
+	$(PY) bench/kernels.py --spread
 
 clean:
 	rm -rf var/staticfiles var/log .pytest_cache

@@ -416,7 +416,7 @@ def time_function(
         use_graph = settings.graph
         if use_graph is None and group is None:
             probe = [_timed_call(fn, inputs_for(-100 - i), device, flusher, None)[0] for i in range(3)]
-            use_graph = statistics.median(e for e, _, _ in probe) < GRAPH_THRESHOLD_SECONDS
+            use_graph = statistics.median(probe) < GRAPH_THRESHOLD_SECONDS
         if use_graph and group is None:
             timing.mode = "cuda-graph"
             return _time_graph(fn, inputs_for, timing, device, settings, flusher, on_output)
@@ -513,11 +513,11 @@ def _time_graph(fn, inputs_for, timing: Timing, device, settings: Settings, flus
     with torch.cuda.graph(work):
         outputs = []
         for i in range(GRAPH_CALLS):
-            flusher.buffer.zero_() if flusher.buffer is not None else None
+            flusher.buffer.zero_()
             outputs.append(fn(*static[i]))
     with torch.cuda.graph(flushes):
         for _ in range(GRAPH_CALLS):
-            flusher.buffer.zero_() if flusher.buffer is not None else None
+            flusher.buffer.zero_()
 
     def replay(graph) -> tuple[float, float]:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

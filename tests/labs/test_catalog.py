@@ -73,4 +73,4 @@ def test_sync_is_idempotent_and_tracks_versions(db, tmp_path):
 
 
 def test_every_shipped_lab_loads():
-    assert [lab.slug for lab in discover_labs()] == ["custom_op"]
+    assert [lab.slug for lab in discover_labs()] == ["custom_op", "vector_add"]
