@@ -418,8 +418,13 @@ def time_function(
             probe = [_timed_call(fn, inputs_for(-100 - i), device, flusher, None)[0] for i in range(3)]
             use_graph = statistics.median(probe) < GRAPH_THRESHOLD_SECONDS
         if use_graph and group is None:
-            timing.mode = "cuda-graph"
-            return _time_graph(fn, inputs_for, timing, device, settings, flusher, on_output)
+            try:
+                timing.mode = "cuda-graph"
+                return _time_graph(fn, inputs_for, timing, device, settings, flusher, on_output)
+            except RuntimeError:
+                # Not capturable (a host sync such as .item() inside fn): time with events instead.
+                torch.cuda.synchronize(device)
+                timing.mode, timing.seconds, timing.host_seconds, timing.fingerprints = "cuda-events", [], [], []
 
     started = time.perf_counter()
     call = 0
