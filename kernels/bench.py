@@ -100,8 +100,15 @@ def fresh_values(
     return values.reshape(shape) if flat_indices is None else values
 
 
-def make_inputs(specs: Sequence[dict], seed: int, device="cpu") -> list[torch.Tensor]:
-    """Tensors for one call from specs like ``{"shape": [n], "dtype": "float32", "low": -1, "high": 1}``."""
+def make_inputs(
+    specs: Sequence[dict],
+    seed: int,
+    device="cpu",
+    *,
+    flat_indices: Sequence[torch.Tensor | None] | None = None,
+) -> list[torch.Tensor]:
+    """Tensors for one call from specs like ``{"shape": [n], "dtype": "float32", "low": -1, "high": 1}``;
+    with ``flat_indices`` (one entry per input, None for all of it), only those elements, flat."""
     return [
         fresh_values(
             spec["shape"],
@@ -110,6 +117,7 @@ def make_inputs(specs: Sequence[dict], seed: int, device="cpu") -> list[torch.Te
             low=float(spec.get("low", -1.0)),
             high=float(spec.get("high", 1.0)),
             device=device,
+            flat_indices=None if flat_indices is None else flat_indices[position],
         )
         for position, spec in enumerate(specs)
     ]

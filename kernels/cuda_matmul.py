@@ -32,6 +32,8 @@ from types import ModuleType
 
 import torch
 
+from kernels._shared import check_matmul_operands
+
 __all__ = ["CPP_SRC", "CUDA_SRC", "MatmulLinearFunction", "matmul", "matmul_reference"]
 
 # C++ (host) part: the cache-tiled CPU kernel, and the declaration of the CUDA entry point that
@@ -236,21 +238,7 @@ def _load_extension() -> ModuleType:
 
 def _check_operands(a: torch.Tensor, b: torch.Tensor) -> None:
     """Python-side checks, so a wrong call fails with a message before any compilation starts."""
-    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
-        raise ValueError(f"matmul expects two tensors, got {type(a).__name__} and {type(b).__name__}")
-    if a.dim() != 2 or b.dim() != 2:
-        raise ValueError(f"matmul expects 2-D tensors, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
-    if a.shape[1] != b.shape[0]:
-        raise ValueError(
-            f"matmul: inner dimensions differ: a is {tuple(a.shape)}, b is {tuple(b.shape)} "
-            "(a's columns must equal b's rows)"
-        )
-    if a.dtype != b.dtype:
-        raise ValueError(f"matmul: dtypes differ ({a.dtype} and {b.dtype}); convert one of them first")
-    if a.dtype not in _SUPPORTED_DTYPES:
-        raise ValueError(f"matmul supports float32 and float64, got {a.dtype}")
-    if a.device != b.device:
-        raise ValueError(f"matmul: tensors are on different devices ({a.device} and {b.device})")
+    check_matmul_operands(a, b, supported=_SUPPORTED_DTYPES)
     if a.device.type not in ("cpu", "cuda"):
         raise ValueError(f"matmul runs on CPU or CUDA tensors, got {a.device}")
 

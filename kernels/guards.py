@@ -80,21 +80,9 @@ def benchmark_case(
 
 
 def call_inputs(shape: dict, call: int, *, flat_indices: Sequence[torch.Tensor | None] | None = None) -> list:
-    """Rebuild call ``call``'s inputs (all of them, or only the elements at ``flat_indices``)."""
-    tensors = []
-    for position, spec in enumerate(shape["inputs"]):
-        indices = flat_indices[position] if flat_indices is not None else None
-        tensors.append(
-            bench.fresh_values(
-                spec["shape"],
-                bench.dtype_of(spec["dtype"]),
-                bench.call_seed(bench.call_seed(shape["seed"], call), position),
-                low=float(spec.get("low", -1.0)),
-                high=float(spec.get("high", 1.0)),
-                flat_indices=indices,
-            )
-        )
-    return tensors
+    """Rebuild call ``call``'s inputs (all of them, or only the elements at ``flat_indices``), as
+    ``bench.run_case`` made them in the sandbox."""
+    return bench.make_inputs(shape["inputs"], bench.call_seed(shape["seed"], call), flat_indices=flat_indices)
 
 
 ExpectedAt = Callable[[dict, int, torch.Tensor], torch.Tensor]

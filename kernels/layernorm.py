@@ -15,22 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-# The widest row kept whole in registers: Liger-Kernel's MAX_FUSED_SIZE. Followed, not measured
-# (no GPU here): re-measure with bench/kernels.py on a GPU before raising it.
-MAX_FUSED_SIZE = 65536
-
-_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _num_warps(block_size: int) -> int:
-    """Liger-Kernel's ``calculate_settings`` table; unmeasured here, re-measure with bench/kernels.py on a GPU."""
-    if block_size >= 32768:
-        return 32
-    if block_size >= 8192:
-        return 16
-    if block_size >= 2048:
-        return 8
-    return 4
+from kernels._shared import MAX_FUSED_SIZE, acc_dtype, as_rows, check_floating, num_warps
 
 
 @triton.jit
@@ -94,8 +79,7 @@ def layer_norm(
     ``weight`` and ``bias`` may each be None (no scale, no shift). The result has ``x``'s shape and
     dtype. Raises ``ValueError`` for rows wider than ``MAX_FUSED_SIZE`` (see the module docstring).
     """
-    if x.dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(f"layer_norm: dtype {x.dtype} is not supported; use float16, bfloat16, float32 or float64")
+    check_floating(x, what="layer_norm")
     if x.dim() == 0:
         raise ValueError("layer_norm: x is a 0-d tensor; it needs a last dimension to normalize over")
     weight = _check_affine(weight, x, name="weight")
@@ -108,9 +92,7 @@ def layer_norm(
         )
     if x.numel() == 0:
         return torch.empty_like(x)
-    x_rows = x.reshape(-1, n_cols)
-    if n_cols > 1 and x_rows.stride(1) != 1:
-        x_rows = x_rows.contiguous()
+    x_rows = as_rows(x)
     n_rows = x_rows.shape[0]
     y_rows = torch.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
     block_size = triton.next_power_of_2(n_cols)
@@ -127,8 +109,8 @@ def layer_norm(
         HAS_WEIGHT=weight is not None,
         HAS_BIAS=bias is not None,
         BLOCK_SIZE=block_size,
-        ACC_DTYPE=tl.float64 if x.dtype == torch.float64 else tl.float32,
-        num_warps=_num_warps(block_size),
+        ACC_DTYPE=acc_dtype(x.dtype),
+        num_warps=num_warps(block_size),
     )
     return y_rows.view(x.shape)
 

@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._shared import check_matmul_operands
+
 __all__ = ["INTERPRETED", "matmul", "matmul_reference"]
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -123,21 +125,7 @@ INTERPRETED: bool = not isinstance(_matmul_kernel, triton.runtime.JITFunction)
 
 
 def _check_operands(a: torch.Tensor, b: torch.Tensor) -> None:
-    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
-        raise ValueError(f"matmul expects two tensors, got {type(a).__name__} and {type(b).__name__}")
-    if a.dim() != 2 or b.dim() != 2:
-        raise ValueError(f"matmul expects 2-D tensors, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
-    if a.shape[1] != b.shape[0]:
-        raise ValueError(
-            f"matmul: inner dimensions differ: a is {tuple(a.shape)}, b is {tuple(b.shape)} "
-            "(a's columns must equal b's rows)"
-        )
-    if a.dtype != b.dtype:
-        raise ValueError(f"matmul: dtypes differ ({a.dtype} and {b.dtype}); convert one of them first")
-    if a.dtype not in _SUPPORTED_DTYPES:
-        raise ValueError(f"matmul supports float16, bfloat16 and float32, got {a.dtype}")
-    if a.device != b.device:
-        raise ValueError(f"matmul: tensors are on different devices ({a.device} and {b.device})")
+    check_matmul_operands(a, b, supported=_SUPPORTED_DTYPES)
     if a.device.type == "cpu" and not INTERPRETED:
         raise ValueError(
             "matmul got CPU tensors, but Triton kernels run on a GPU; move them to the GPU, or, on a "

@@ -25,38 +25,12 @@ import torch
 import triton
 import triton.language as tl
 
-# The widest row kept whole in registers. 65536 is Liger-Kernel's MAX_FUSED_SIZE; past it the fused
-# kernel spills heavily. Chosen by following Liger, not measured here (no GPU): re-measure with
-# bench/kernels.py on a GPU.
-MAX_FUSED_SIZE = 65536
+from kernels._shared import MAX_FUSED_SIZE, acc_dtype, as_rows, check_floating, num_warps
 
 # Chunk width for rows wider than MAX_FUSED_SIZE, and its warps (Liger's calculate_settings table
 # gives 8 warps from 2048 columns up). Unmeasured: re-measure with bench/kernels.py on a GPU.
 LOOPED_BLOCK_SIZE = 4096
 LOOPED_NUM_WARPS = 8
-
-_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _num_warps(block_size: int) -> int:
-    """Warps for a fused row of ``block_size`` columns.
-
-    Liger-Kernel's ``calculate_settings`` table (Triton's softmax tutorial uses the same steps up
-    to 16): more columns per row, more threads to share them. Not measured here: re-measure with
-    bench/kernels.py on a GPU.
-    """
-    if block_size >= 32768:
-        return 32
-    if block_size >= 8192:
-        return 16
-    if block_size >= 2048:
-        return 8
-    return 4
-
-
-def _acc_dtype(dtype: torch.dtype) -> tl.dtype:
-    """fp32 accumulation for fp16/bf16/fp32; fp64 inputs keep fp64 (gradcheck needs it)."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 @triton.jit
@@ -180,29 +154,12 @@ def _softmax_backward_looped_kernel(
         tl.store(dx_row + cols, (y * (dy - dot)).to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-def _check_floating(x: torch.Tensor, *, what: str) -> None:
-    if x.dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(f"{what}: dtype {x.dtype} is not supported; use float16, bfloat16, float32 or float64")
-
-
-def _as_rows(x: torch.Tensor) -> torch.Tensor:
-    """View ``x`` as (rows, last dim) with unit column stride, copying only when a view cannot do it.
-
-    Row strides are passed to the kernels, so a column slice of a wider buffer is read in place.
-    """
-    n_cols = x.shape[-1] if x.dim() > 0 else 1
-    rows = x.reshape(-1, n_cols)
-    if n_cols > 1 and rows.stride(1) != 1:
-        rows = rows.contiguous()
-    return rows
-
-
 def _launch_settings(n_cols: int) -> tuple[bool, int, int]:
     """(looped?, BLOCK_SIZE, num_warps) for a row of ``n_cols`` columns."""
     if n_cols > MAX_FUSED_SIZE:
         return True, LOOPED_BLOCK_SIZE, LOOPED_NUM_WARPS
     block_size = triton.next_power_of_2(n_cols)
-    return False, block_size, _num_warps(block_size)
+    return False, block_size, num_warps(block_size)
 
 
 def softmax(x: torch.Tensor) -> torch.Tensor:
@@ -211,10 +168,10 @@ def softmax(x: torch.Tensor) -> torch.Tensor:
     Rows of any width work: up to ``MAX_FUSED_SIZE`` columns in one block, wider ones through the
     looped online-softmax kernel. A row that is entirely ``-inf`` comes back as NaN, as in torch.
     """
-    _check_floating(x, what="softmax")
+    check_floating(x, what="softmax")
     if x.numel() == 0:
         return torch.empty_like(x)
-    x_rows = _as_rows(x)
+    x_rows = as_rows(x)
     n_rows, n_cols = x_rows.shape
     y_rows = torch.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
     looped, block_size, num_warps = _launch_settings(n_cols)
@@ -226,7 +183,7 @@ def softmax(x: torch.Tensor) -> torch.Tensor:
         x_rows.stride(0),
         n_cols,
         BLOCK_SIZE=block_size,
-        ACC_DTYPE=_acc_dtype(x.dtype),
+        ACC_DTYPE=acc_dtype(x.dtype),
         num_warps=num_warps,
     )
     return y_rows.view(x.shape)
@@ -238,7 +195,7 @@ def softmax_backward(y: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
     Takes ``y`` rather than ``x`` because that is what the forward keeps: ``dx = y * (dy - sum(dy * y))``
     needs no ``exp``. Same shape, dtype and device for both, or a clear error.
     """
-    _check_floating(y, what="softmax_backward")
+    check_floating(y, what="softmax_backward")
     if y.shape != dy.shape:
         raise ValueError(
             f"softmax_backward: y has shape {tuple(y.shape)} but dy has {tuple(dy.shape)}; they must match"
@@ -249,9 +206,9 @@ def softmax_backward(y: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"softmax_backward: y is on {y.device} but dy on {dy.device}; move both to one device")
     if y.numel() == 0:
         return torch.empty_like(y)
-    y_rows = _as_rows(y)
+    y_rows = as_rows(y)
     # dy is often an expanded view (stride 0), e.g. the gradient of .sum(): _as_rows copies it then.
-    dy_rows = _as_rows(dy)
+    dy_rows = as_rows(dy)
     n_rows, n_cols = y_rows.shape
     dx_rows = torch.empty((n_rows, n_cols), dtype=y.dtype, device=y.device)
     looped, block_size, num_warps = _launch_settings(n_cols)
@@ -265,7 +222,7 @@ def softmax_backward(y: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
         dy_rows.stride(0),
         n_cols,
         BLOCK_SIZE=block_size,
-        ACC_DTYPE=_acc_dtype(y.dtype),
+        ACC_DTYPE=acc_dtype(y.dtype),
         num_warps=num_warps,
     )
     return dx_rows.view(y.shape)
