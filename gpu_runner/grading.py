@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import inspect
 import io
+import re
 import socket
 import textwrap
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from gpu_runner import launcher, sandbox
+from gpu_runner import compile_cache, launcher, sandbox
 from gpu_runner.events import EventSink
 from kernels import devices
 from labs.catalog import Lab, LabError, find_lab
@@ -29,9 +30,18 @@ from labs.grading import CheckFailed
 
 HARNESS = Path(__file__).with_name("harness.py")
 KERNELS = Path(__file__).resolve().parent.parent / "kernels"
-# What a lab's run() may import from the runner folder: the timing harness, not the reference kernels.
-RUNNER_LIBRARY = {"lib/kernels/__init__.py": KERNELS / "__init__.py", "lib/kernels/bench.py": KERNELS / "bench.py"}
+LABS = Path(__file__).resolve().parent.parent / "labs"
+# What a lab's run() may import from the runner folder: the timing harness and the rank launcher of
+# distributed labs, not the reference kernels or the graders.
+RUNNER_LIBRARY = {
+    "lib/kernels/__init__.py": KERNELS / "__init__.py",
+    "lib/kernels/bench.py": KERNELS / "bench.py",
+    "lib/labs/__init__.py": LABS / "__init__.py",
+    "lib/labs/ranks.py": LABS / "ranks.py",
+}
 MAX_OUTPUT_FILE_BYTES = 64 * 1024 * 1024
+# The job's extension folder in a compiler message: "/job/.torch_extensions/ext/main.cpp:5:3" -> "main.cpp:5:3"
+BUILD_PATH = re.compile(r"/\S*/((?:main\.cpp|cuda\.cu|[\w.-]+\.(?:cpp|cu|h|cuh)))(?=[:\s]|$)")
 DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 RESULT_TAIL_CHARS = 2000
 # The whole environment of a job's process: nothing of the worker's (no REDIS_URL, no secrets).
@@ -70,6 +80,8 @@ class Grading:
     limits: dict
     config: sandbox.Config
     device: str = "cpu"  # where the job's kernels run: "cuda" on a GPU worker, else "cpu"
+    build_key: str | None = None  # the compile cache key of the submission's extension sources
+    build_cache: str | None = None  # "hit" or "miss" when the submission builds an extension
     metric: float | None = None
     import_error: dict | None = None
     case_errors: list[dict] = field(default_factory=list)
@@ -84,19 +96,23 @@ class Grading:
         return self.lab.is_gpu and self.device != "cuda"
 
 
-def grade(message: dict, sink: EventSink) -> dict:
-    """Grade the job described by ``message`` (see docs/architecture.md) and return its result."""
+def grade(message: dict, sink: EventSink, *, lab: Lab | None = None) -> dict:
+    """Grade the job described by ``message`` (see docs/architecture.md) and return its result.
+
+    ``lab`` grades against a lab folder loaded by the caller (a lab being checked before it is
+    published) instead of the catalog's lab named in the message.
+    """
     try:
-        return _grade(message, sink)
+        return _grade(message, sink, lab)
     finally:
         sink.close()
 
 
-def _grade(message: dict, sink: EventSink) -> dict:
+def _grade(message: dict, sink: EventSink, lab: Lab | None) -> dict:
     marks = {"received": time.time()}
     sink.publish("status", {"state": "running", "detail": f"on {socket.gethostname()}"})
     try:
-        grading = prepare(message, sink)
+        grading = prepare(message, sink, lab=lab)
     except LabError as exc:
         return _infrastructure_error(message, sink, marks, f"the lab could not be loaded: {exc}")
     except sandbox.SandboxUnavailable as exc:
@@ -105,15 +121,18 @@ def _grade(message: dict, sink: EventSink) -> dict:
         return _infrastructure_error(message, sink, marks, "preparing the job failed:\n" + traceback.format_exc())
     grading.marks = marks
     try:
-        return report(grading, start(grading), message)
+        outcome = start(grading)
+        if grading.build_key and grading.build_cache == "miss":
+            compile_cache.save(grading.folder, grading.build_key)
+        return report(grading, outcome, message)
     except Exception:  # noqa: BLE001
         return _infrastructure_error(message, sink, marks, "grading failed:\n" + traceback.format_exc())
     finally:
         grading.folder.remove()
 
 
-def prepare(message: dict, sink: EventSink) -> Grading:
-    lab = find_lab(message["lab"]["slug"])
+def prepare(message: dict, sink: EventSink, *, lab: Lab | None = None) -> Grading:
+    lab = lab or find_lab(message["lab"]["slug"])
     if lab.version != message["lab"]["version"]:
         raise LabError(
             f"this worker has {lab.slug} version {lab.version} but the job needs version "
@@ -137,9 +156,17 @@ def prepare(message: dict, sink: EventSink) -> Grading:
     folder.add_runner_file("lab_run.py", textwrap.dedent(inspect.getsource(grader.run)))
     for name, source in RUNNER_LIBRARY.items():
         folder.add_runner_file(name, source.read_text(encoding="utf-8"))
+    build_key = compile_cache.source_key(message["files"], owner=str(message.get("owner", "")), device=device)
+    build_cache = None
+    if build_key:
+        build_cache = "hit" if compile_cache.restore(folder, build_key) else "miss"
+        detail = "reusing the build of these sources" if build_cache == "hit" else "compiling (cached afterwards)"
+        sink.publish("log", {"stream": "runner", "text": f"C++/CUDA extension: {detail}\n"})
     tests = [TestOutcome(name=c["name"], points=float(c.get("points", 1.0))) for c in cases]
     sink.publish("progress", {"phase": "tests", "done": 0, "total": len(cases)})
     return Grading(
+        build_key=build_key,
+        build_cache=build_cache,
         job_id=message["job_id"],
         lab=lab,
         sink=sink,
@@ -156,7 +183,13 @@ def prepare(message: dict, sink: EventSink) -> Grading:
 def start(grading: Grading) -> launcher.ProcessOutcome:
     folder = grading.folder
     scratch = "/tmp" if folder.sandboxed else folder.box_inside
-    env = {**CLEAN_ENV, "HOME": scratch, "TMPDIR": scratch, "TRITON_CACHE_DIR": f"{scratch}/.triton"}
+    env = {
+        **CLEAN_ENV,
+        "HOME": scratch,
+        "TMPDIR": scratch,
+        "TRITON_CACHE_DIR": f"{scratch}/.triton",
+        "TORCH_EXTENSIONS_DIR": f"{folder.box_inside}/{compile_cache.EXTENSIONS_DIR}",
+    }
     gpus: tuple[int, ...] = ()
     if grading.device == "cuda":
         gpus = sandbox.assigned_gpus()
@@ -250,7 +283,7 @@ def _check_case(grading: Grading, index: int, duration: float) -> None:
     else:
         try:
             case = grading.cases[index]
-            if "benchmark" in case:
+            if "benchmark" in case or index in grading.batches:
                 case = {**case, "runtime": _runtime(grading, index)}
             verdict = grading.grader.check(case, record.get("value"))
             test.outcome = "passed"
@@ -329,7 +362,10 @@ def report(grading: Grading, outcome: launcher.ProcessOutcome, message: dict) ->
         "worker": socket.gethostname(),
         "lab_version": grading.lab.version,
         "timings": _timings(marks, message, finished_at),
+        "ranked": verdict == "succeeded" and grading.metric is not None,
     }
+    if grading.build_cache:
+        result["timings"]["build_cache"] = grading.build_cache
     grading.sink.publish(
         "result",
         {
@@ -368,6 +404,9 @@ def _verdict(grading: Grading, outcome: launcher.ProcessOutcome) -> tuple[str, s
             "allocate less (smaller batches, free what you no longer need).",
         )
     if grading.import_error is not None:
+        compiler = compiler_errors(grading.import_error.get("message", ""))
+        if compiler:
+            return "failed", "compile_error", f"Your C++/CUDA code did not compile:\n{compiler}"
         return "failed", "import_error", f"Your module could not be imported: {_describe_error(grading.import_error)}"
     if outcome.timed_out:
         return (
@@ -385,6 +424,13 @@ def _verdict(grading: Grading, outcome: launcher.ProcessOutcome) -> tuple[str, s
         return "failed", "cpu_limit", f"CPU time limit of {limits['cpu_seconds']:g} s exceeded{during}."
     finished = running is None
     failed = [t for t in tests if t.outcome == "failed"]
+    if finished and not failed and grading.lab.is_gpu and grading.device != "cuda":
+        return (
+            "succeeded",
+            "",
+            f"All {len(tests)} tests passed: correct; unranked: no GPU worker (the kernels ran in Triton's "
+            "interpreter or on the CPU, where timings mean nothing).",
+        )
     if not finished:
         how = f"exited with code {outcome.returncode}"
         if outcome.signal_name:
@@ -403,6 +449,26 @@ def _verdict(grading: Grading, outcome: launcher.ProcessOutcome) -> tuple[str, s
         reason = "forbidden_call" if forbidden else "wrong_answer"
         return "failed", reason, f"{len(failed)} of {len(tests)} tests failed: {names}"
     return "succeeded", "", f"All {len(tests)} tests passed."
+
+
+def compiler_errors(message: str, *, max_lines: int = 40) -> str:
+    """The compiler's complaint from torch's "Error building extension" message, or "".
+
+    Build paths are cut down to file names, and the compiler command lines (long, and the
+    student's to ignore) are dropped; what is left are the error lines with their context.
+    """
+    if "Error building extension" not in message:
+        return ""
+    kept = []
+    for line in message.splitlines():
+        if line.startswith(("[", "FAILED:", "ninja:")) or " -c " in line or line.strip().startswith(("c++ ", "nvcc ")):
+            continue
+        line = BUILD_PATH.sub(r"\1", line).rstrip()
+        if line.strip() and not line.startswith("Error building extension"):
+            kept.append(line)
+    if not kept:
+        return message.splitlines()[0]
+    return "\n".join(kept[:max_lines]) + ("\n[...]" if len(kept) > max_lines else "")
 
 
 def _timings(marks: dict, message: dict, finished_at: float) -> dict:

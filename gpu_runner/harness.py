@@ -130,11 +130,18 @@ def _error(exc: BaseException) -> dict:
     code = getattr(exc, "errno", None)
     return {
         "type": type(exc).__name__,
-        "message": str(exc)[:2000],
+        "message": _shorten(str(exc)),
         "traceback": "".join(lines)[-4000:],
         "forbidden": exc.name if isinstance(exc, ForbiddenCall) else "",
         "errno": code if isinstance(code, int) else None,
     }
+
+
+def _shorten(text: str, limit: int = 8000) -> str:
+    """Long messages keep their start and their end: a compiler's errors come last."""
+    if len(text) <= limit:
+        return text
+    return text[:1000] + "\n[...]\n" + text[-(limit - 1000) :]
 
 
 def _save(index: int | str, record: dict) -> None:

@@ -430,8 +430,11 @@ class JobFolder:
     submission cannot fill the worker's disk; the pages count against the job's memory limit.
     """
 
-    def __init__(self, root: Path, *, sandboxed: bool, mounted: bool, disk_mb: int):
+    def __init__(
+        self, root: Path, *, sandboxed: bool, mounted: bool, disk_mb: int, owner: tuple[int, int] | None = None
+    ):
         self.root = root
+        self.owner = owner  # the sandbox's uid and gid, when the job runs as another user
         self.disk_mb = disk_mb
         self.box = root / "box"
         self.runner = root / "runner"
@@ -452,7 +455,7 @@ class JobFolder:
             mounted = _mount_tmpfs(box, size_mb=disk_mb, owner=config.switch_to)
         if config.switch_to:
             os.chown(box, *config.switch_to)
-        folder = cls(root, sandboxed=config.sandboxed, mounted=mounted, disk_mb=disk_mb)
+        folder = cls(root, sandboxed=config.sandboxed, mounted=mounted, disk_mb=disk_mb, owner=config.switch_to)
         if config.sandboxed:
             _write_etc_files(folder, config.inside_ids)
         return folder
@@ -492,6 +495,28 @@ class JobFolder:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         return name
+
+    def write_box_tree(self, name: str, files: list[tuple[Path, bytes, float]]) -> None:
+        """Before the job starts: create folder ``name`` in the job folder holding ``files``
+        (relative path, bytes, modification time), all writable by the job, times preserved."""
+        root = self.box / name
+        root.mkdir(mode=0o755)
+        created = [root]
+        for relative, data, mtime in files:
+            path = root / relative
+            for parent in reversed(path.relative_to(self.box).parents[:-1]):
+                folder = self.box / parent
+                if not folder.exists():
+                    folder.mkdir(mode=0o755)
+                    created.append(folder)
+            path.write_bytes(data)
+            path.chmod(0o755 if path.suffix == ".so" else 0o644)
+            if self.owner:
+                os.chown(path, *self.owner)
+            os.utime(path, (mtime, mtime))
+        if self.owner:
+            for folder in created:
+                os.chown(folder, *self.owner)
 
     def read_box_file(self, *parts: str, max_bytes: int) -> bytes:
         """Read a regular file the submission wrote, refusing links, pipes and oversized files."""

@@ -56,7 +56,11 @@ class Solution:
     kind: str  # "correct" | "wrong" | "starter"
     files: dict[str, str]
     expected_verdict: str
-    expected_messages: tuple[str, ...] = ()
+    expected_messages: tuple[str, ...] = ()  # each in the summary or some test's message
+    expected_reason: str | None = None
+    expected_score: float | None = None
+    limits: dict = field(default_factory=dict)  # overrides for grading this solution (a hang's wall time)
+    path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -86,22 +90,15 @@ class Lab:
         return _read_py_files(self.path / "starter")
 
     def solutions(self) -> list[Solution]:
-        found = [Solution("starter", "starter", self.starter_files(), "failed")]
+        """The starter (expected to fail), the correct solution and every wrong one, each with the
+        outcome its ``expected.toml`` asks for (see docs/authoring-labs.md)."""
+        found = [_solution("starter", "starter", self.path / "starter", default_verdict="failed")]
         correct = self.path / "solutions" / "correct"
         if correct.is_dir():
-            found.append(Solution("correct", "correct", _read_py_files(correct), "succeeded"))
+            found.append(_solution("correct", "correct", correct, default_verdict="succeeded"))
         wrong_root = self.path / "solutions" / "wrong"
         for folder in sorted(p for p in wrong_root.glob("*") if p.is_dir()) if wrong_root.is_dir() else []:
-            expected = _load_toml(folder / "expected.toml") if (folder / "expected.toml").exists() else {}
-            found.append(
-                Solution(
-                    name=folder.name,
-                    kind="wrong",
-                    files=_read_py_files(folder),
-                    expected_verdict=expected.get("verdict", "failed"),
-                    expected_messages=tuple(expected.get("messages", ())),
-                )
-            )
+            found.append(_solution(folder.name, "wrong", folder, default_verdict="failed"))
         return found
 
     def load_grader(self) -> ModuleType:
@@ -116,6 +113,40 @@ class Lab:
             if not callable(getattr(module, name, None)):
                 raise LabError(f"{grader_path}: must define a function {name}()")
         return module
+
+
+EXPECTED_KEYS = {"verdict", "reason", "messages", "score", "limits"}
+VERDICTS = ("succeeded", "failed", "timed_out", "error")
+
+
+def _solution(name: str, kind: str, folder: Path, *, default_verdict: str) -> Solution:
+    where = folder / "expected.toml"
+    expected = _load_toml(where) if where.exists() else {}
+    unknown = set(expected) - EXPECTED_KEYS
+    if unknown:
+        raise LabError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(EXPECTED_KEYS)}")
+    verdict = expected.get("verdict", default_verdict)
+    if verdict not in VERDICTS:
+        raise LabError(f"{where}: verdict '{verdict}' must be one of {', '.join(VERDICTS)}")
+    messages = expected.get("messages", [])
+    if not isinstance(messages, list) or not all(isinstance(m, str) for m in messages):
+        raise LabError(f"{where}: messages must be a list of strings")
+    limits = expected.get("limits", {})
+    unknown = set(limits) - set(Limits().__dict__)
+    if unknown:
+        raise LabError(f"{where}: unknown [limits] keys {sorted(unknown)}")
+    score = expected.get("score")
+    return Solution(
+        name=name,
+        kind=kind,
+        files=_read_py_files(folder),
+        expected_verdict=verdict,
+        expected_messages=tuple(messages),
+        expected_reason=expected.get("reason"),
+        expected_score=float(score) if score is not None else None,
+        limits=dict(limits),
+        path=folder,
+    )
 
 
 def _load_toml(path: Path) -> dict:

@@ -1,8 +1,9 @@
-"""The management commands instructors run: grade, sync_labs and demo."""
+"""The management commands instructors run: grade, lab check, lab new, sync_labs and demo."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -16,10 +17,14 @@ from portal.courses.models import Course, Enrollment
 SOLUTIONS = LABS_ROOT / "custom_op" / "solutions"
 
 
-def grade(*args: str) -> subprocess.CompletedProcess:
+def _manage(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "manage.py", "grade", *args], capture_output=True, text=True, cwd=LABS_ROOT.parent, timeout=120
+        [sys.executable, "manage.py", *args], capture_output=True, text=True, cwd=LABS_ROOT.parent, timeout=timeout
     )
+
+
+def grade(*args: str) -> subprocess.CompletedProcess:
+    return _manage("grade", *args, timeout=120)
 
 
 @pytest.mark.slow
@@ -62,3 +67,27 @@ def test_demo_creates_the_course_users_and_every_lab_and_is_idempotent(db, capsy
     assert User.objects.get(username="alice").check_password(password)
     assert password in second  # the same logins the second time
     assert f"alice {password}" in (tmp_path / "demo-logins.txt").read_text()
+
+
+def test_lab_new_scaffolds_a_lab_that_passes_lab_check(tmp_path):
+    created = _manage("lab", "new", "demo_relu", "--root", str(tmp_path))
+    assert created.returncode == 0, created.stderr
+    folder = tmp_path / "demo_relu"
+    assert (folder / "starter" / "demo_relu.py").exists() and len(list((folder / "solutions" / "wrong").iterdir())) == 4
+    again = _manage("lab", "new", "demo_relu", "--root", str(tmp_path))
+    assert again.returncode != 0 and "already exists" in again.stderr
+
+    checked = _manage("lab", "check", str(folder))
+    assert checked.returncode == 0, checked.stderr
+    for name in ("starter", "correct", "calls_torch_relu", "leaky", "crashes", "hangs"):
+        assert re.search(rf"ok\s+{name}\s", checked.stderr), checked.stderr
+    assert "all checks passed" in checked.stderr
+
+
+def test_lab_check_fails_when_a_solution_misses_the_outcome_it_promises(tmp_path):
+    assert _manage("lab", "new", "demo_relu", "--root", str(tmp_path)).returncode == 0
+    expected = tmp_path / "demo_relu" / "solutions" / "wrong" / "leaky" / "expected.toml"
+    expected.write_text('verdict = "failed"\nmessages = ["negative inputs must give 0"]\n')
+    checked = _manage("lab", "check", str(tmp_path / "demo_relu"), "--only", "leaky")
+    assert checked.returncode == 1
+    assert "FAIL leaky" in checked.stderr and "message 'negative inputs must give 0' not shown" in checked.stderr
