@@ -113,6 +113,12 @@ def _collect(children, readers, results, failures, deadline) -> None:
             except (EOFError, OSError):
                 children[rank].join(1.0)
                 status, payload = "error", _death(children[rank])
+            except Exception as exc:  # noqa: BLE001 - a function, a class instance: not plain data
+                status = "error"
+                payload = (
+                    "returned data that cannot be sent back (use plain tensors, numbers, strings, lists, dicts): "
+                    + str(exc).splitlines()[0][:300]
+                )
             if status == "ok":
                 results[rank] = payload
             else:

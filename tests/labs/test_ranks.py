@@ -1,0 +1,111 @@
+"""labs/ranks.py: ranks of a gloo group in forked children; raising, dying and hanging ranks fail
+the group with the root cause named, and no child outlives ``spawn``."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from labs import ranks
+
+
+def _ring_sum(rank, world_size, value):
+    """Pass a running sum once round the ring; every rank returns the total."""
+    total = torch.tensor([value * (rank + 1)])
+    if rank == 0:
+        dist.send(total, 1)
+        dist.recv(total, world_size - 1)
+    else:
+        incoming = torch.zeros(1, dtype=total.dtype)
+        dist.recv(incoming, rank - 1)
+        total += incoming
+        dist.send(total, (rank + 1) % world_size)
+    final = total if rank == world_size - 1 else torch.zeros(1, dtype=total.dtype)
+    for peer in range(world_size - 1):  # rank world-1 sends the total to everyone else
+        if rank == world_size - 1:
+            dist.send(final, peer)
+        elif rank == peer:
+            dist.recv(final, world_size - 1)
+    return {"rank": rank, "total": final}
+
+
+def _children_left() -> list[int]:
+    """This process's children, zombies included (a reaped child leaves no entry at all)."""
+    me, found = str(os.getpid()), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields[1] == me:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_every_rank_runs_in_one_group_and_results_come_back_in_rank_order(world_size):
+    results = ranks.spawn(_ring_sum, world_size, args=(2.0,), timeout=30)
+    expected = 2.0 * world_size * (world_size + 1) / 2
+    assert [r["rank"] for r in results] == list(range(world_size))
+    assert all(r["total"].item() == expected for r in results)
+    assert not _children_left()
+
+
+def _one_raises(rank, world_size):
+    if rank == 1:
+        raise ValueError("rank one gave up")
+    incoming = torch.zeros(1)
+    dist.recv(incoming, 1)  # fails when rank 1's connection closes
+    return incoming
+
+
+def test_a_raising_rank_is_named_as_the_cause_not_its_peers():
+    with pytest.raises(ranks.RankFailed) as caught:
+        ranks.spawn(_one_raises, 3, timeout=30)
+    message = str(caught.value)
+    assert message.startswith("rank 1 of 3: raised ValueError: rank one gave up")
+    assert "rank 0: lost its connection to a failed rank" in message
+    assert set(caught.value.failures) == {0, 1, 2}
+    assert not _children_left()
+
+
+def _one_dies(rank, world_size):
+    if rank == 0:
+        os._exit(7)
+    incoming = torch.zeros(1)
+    dist.recv(incoming, 0)
+    return incoming
+
+
+def test_a_rank_that_dies_is_reported_with_its_exit_code():
+    with pytest.raises(ranks.RankFailed, match=r"^rank 0 of 2: exited with code 7 without returning"):
+        ranks.spawn(_one_dies, 2, timeout=30)
+    assert not _children_left()
+
+
+def _one_hangs(rank, world_size):
+    if rank == 2:
+        time.sleep(600)
+    return rank
+
+
+def test_a_hanging_rank_fails_the_group_at_the_deadline_and_is_killed():
+    started = time.monotonic()
+    with pytest.raises(ranks.RankFailed, match=r"^rank 2 of 3: did not finish in time \(a hang\?"):
+        ranks.spawn(_one_hangs, 3, timeout=3)
+    assert time.monotonic() - started < 30  # the deadline, not the sleep
+    assert not _children_left()
+
+
+def _returns_a_function(rank, world_size):
+    return {"not data": _returns_a_function}
+
+
+def test_results_that_are_not_plain_data_fail_with_a_message():
+    with pytest.raises(ranks.RankFailed, match="returned data that cannot be sent back"):
+        ranks.spawn(_returns_a_function, 2, timeout=30)
