@@ -44,6 +44,7 @@ MAX_OUTPUT_FILE_BYTES = 64 * 1024 * 1024
 BUILD_PATH = re.compile(r"/\S*/((?:main\.cpp|cuda\.cu|[\w.-]+\.(?:cpp|cu|h|cuh)))(?=[:\s]|$)")
 DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 RESULT_TAIL_CHARS = 2000
+UNRANKED_NO_GPU = "no GPU worker"  # why a correct GPU-lab result carries no metric
 # The whole environment of a job's process: nothing of the worker's (no REDIS_URL, no secrets).
 CLEAN_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -364,6 +365,8 @@ def report(grading: Grading, outcome: launcher.ProcessOutcome, message: dict) ->
         "timings": _timings(marks, message, finished_at),
         "ranked": verdict == "succeeded" and grading.metric is not None,
     }
+    if verdict == "succeeded" and grading.lab.is_gpu and grading.device != "cuda":
+        result["unranked"] = UNRANKED_NO_GPU
     if grading.build_cache:
         result["timings"]["build_cache"] = grading.build_cache
     grading.sink.publish(
@@ -428,7 +431,7 @@ def _verdict(grading: Grading, outcome: launcher.ProcessOutcome) -> tuple[str, s
         return (
             "succeeded",
             "",
-            f"All {len(tests)} tests passed: correct; unranked: no GPU worker (the kernels ran in Triton's "
+            f"All {len(tests)} tests passed: correct; unranked: {UNRANKED_NO_GPU} (the kernels ran in Triton's "
             "interpreter or on the CPU, where timings mean nothing).",
         )
     if not finished:

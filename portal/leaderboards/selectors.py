@@ -16,7 +16,7 @@ def leaderboard_for_assignment(*, assignment: Assignment) -> list[dict]:
     )
     entries = (
         LeaderboardEntry.objects.filter(assignment=assignment)
-        .select_related("student")
+        .select_related("student", "job")
         .order_by("-score", metric_order, "achieved_at")
     )
     rows = []
@@ -27,6 +27,10 @@ def leaderboard_for_assignment(*, assignment: Assignment) -> list[dict]:
                 "student": entry.student.username,
                 "score": entry.score,
                 "metric": entry.metric,
+                # A correct GPU-lab result graded without a GPU has no metric, and says why.
+                "unranked": ((entry.job.result or {}).get("unranked", "") if entry.job else "")
+                if entry.metric is None
+                else "",
                 "job_id": entry.job_id,
                 "achieved_at": entry.achieved_at.isoformat(),
             }

@@ -145,6 +145,7 @@ def job_message(*, job: Job) -> dict:
         "files": {f.name: f.content for f in submission.files.all()},
         "limits": _job_limits(lab.limits),
         "seed": job.seed,
+        "owner": f"user-{submission.student_id}",  # whose earlier builds this job may reuse
         "events_stream": job.events_stream,
         "resource_class": job.resource_class,
         "dispatched_at": timezone.now().timestamp(),

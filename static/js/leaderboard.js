@@ -20,7 +20,7 @@
     }
     for (const r of rows) {
       const tr = body.insertRow();
-      const metric = r.metric === null ? "–" : `${r.metric.toFixed(4)} ${unit}`;
+      const metric = r.metric !== null ? `${r.metric.toFixed(4)} ${unit}` : (r.unranked ? `unranked: ${r.unranked}` : "–");
       for (const v of [r.rank, r.student, String(Math.round(r.score * 100) / 100), metric, r.achieved_at.slice(0, 19)]) {
         tr.insertCell().textContent = v;
       }

@@ -16,7 +16,11 @@ import redis
 from django.urls import reverse
 from django.utils import timezone
 
+from labs.catalog import LABS_ROOT
+from portal.catalog.models import Lab
+from portal.catalog.services import lab_sync_all
 from portal.celery import app as celery_app
+from portal.courses.services import assignment_create
 from portal.leaderboards.models import LeaderboardEntry
 from portal.leaderboards.selectors import leaderboard_for_assignment
 from portal.submissions.models import Job
@@ -209,3 +213,29 @@ def test_leaderboard_keeps_each_students_best_and_ranks_by_score_then_metric(cas
         (3, "carol", 60.0, None),
     ]
     assert rows[0]["job_id"] == best_bob.pk
+
+
+def test_a_correct_gpu_result_without_a_gpu_worker_is_listed_unranked(cast, private_broker, client):
+    lab_sync_all(root=LABS_ROOT)
+    vector_add = assignment_create(
+        course=cast["course"],
+        lab=Lab.objects.get(slug="vector_add"),
+        opens_at=timezone.now() - timedelta(hours=1),
+        due_at=timezone.now() + timedelta(days=7),
+    )
+    files = {"vector_add.py": "x = 1\n"}
+    on_gpu = submission_create(student=cast["alice"], assignment=vector_add, files=files).jobs.get()
+    job_record_result(job_id=on_gpu.pk, result=result(metric=2900.0))
+    no_gpu = submission_create(student=cast["bob"], assignment=vector_add, files=files).jobs.get()
+    job_record_result(
+        job_id=no_gpu.pk,
+        result=result(metric=None, unranked="no GPU worker", summary="All 11 tests passed: correct; unranked: ..."),
+    )
+    rows = leaderboard_for_assignment(assignment=vector_add)
+    assert [(r["student"], r["metric"], r["unranked"]) for r in rows] == [
+        ("alice", 2900.0, ""),
+        ("bob", None, "no GPU worker"),
+    ]
+    client.force_login(cast["ines"])
+    page = client.get(reverse("courses:leaderboard", args=[cast["course"].slug, vector_add.slug])).content.decode()
+    assert "unranked: no GPU worker" in page
