@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import socket
+import tempfile
 import time
 from functools import cache
+from pathlib import Path
 
 import redis
 from celery.signals import worker_ready
@@ -15,6 +18,9 @@ from gpu_runner import sandbox
 from gpu_runner.celery import REDIS_URL, app
 from gpu_runner.events import RedisStreamSink
 from gpu_runner.grading import grade
+from gpu_runner.selfcheck import check_lab
+from labs import archive
+from labs.catalog import LabError
 
 log = logging.getLogger(__name__)
 PORTAL_QUEUE = os.environ.get("AISYS_PORTAL_QUEUE", "portal")
@@ -50,3 +56,33 @@ def run_job(self, message: dict) -> dict:
         result["timings"].get("worker_total", 0.0),
     )
     return result
+
+
+@app.task(name="gpu_runner.check_lab")
+def check_uploaded_lab(message: dict) -> dict:
+    """Self-check an uploaded lab: unpack its zip here and grade every shipped solution.
+
+    The report goes back to the portal (the task's link), which allows publishing only when
+    ``ok``. The lab's grader is instructor code: it runs here as built-in graders do.
+    """
+    with tempfile.TemporaryDirectory(prefix="aisys-lab-check-") as scratch:
+        try:
+            lab = archive.unpack(base64.b64decode(message["archive"]), Path(scratch))
+        except LabError as exc:
+            return {"ok": False, "problems": [str(exc)], "solutions": [], "worker": socket.gethostname()}
+        started = time.monotonic()
+        problems, checks = check_lab(lab, owner=f"upload-{message['upload_id']}")
+    report = {
+        "ok": not problems and all(c.ok for c in checks),
+        "problems": problems,
+        "solutions": [c.as_dict() for c in checks],
+        "worker": socket.gethostname(),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    log.info(
+        "uploaded lab %s: check %s in %.1fs",
+        message.get("slug"),
+        "passed" if report["ok"] else "failed",
+        report["seconds"],
+    )
+    return report

@@ -16,6 +16,11 @@ from pathlib import Path
 from types import ModuleType
 
 LABS_ROOT = Path(os.environ.get("LABS_DIR", Path(__file__).resolve().parent))
+# Labs instructors uploaded as zips and published from the staff pages: a folder the portal writes
+# and the workers read (a shared volume in docker-compose.yml). Built-in labs win a slug clash.
+UPLOADED_LABS_ROOT = Path(
+    os.environ.get("AISYS_UPLOADED_LABS", Path(__file__).resolve().parent.parent / "var" / "uploaded-labs")
+)
 SLUG_RE = re.compile(r"^[a-z][a-z0-9_]{1,48}$")
 FILE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.py$")
 RESOURCE_CLASS_RE = re.compile(r"^(cpu|gpu|gpu\.x[2-8])$")
@@ -234,17 +239,29 @@ def load_lab(path: Path | str) -> Lab:
     )
 
 
+def lab_roots() -> list[Path]:
+    """Where labs are found, in order of precedence: built-in, then uploaded."""
+    return [LABS_ROOT, UPLOADED_LABS_ROOT]
+
+
 def discover_labs(root: Path | str | None = None) -> list[Lab]:
-    """Every lab folder under ``root`` (default: LABS_ROOT) holding a lab.toml, sorted by slug."""
-    return [load_lab(p.parent) for p in sorted(Path(root or LABS_ROOT).glob("*/lab.toml"))]
+    """Every lab folder holding a lab.toml, sorted by slug: under ``root``, or (by default) the
+    built-in labs and the published uploads."""
+    if root is not None:
+        return [load_lab(p.parent) for p in sorted(Path(root).glob("*/lab.toml"))]
+    found: dict[str, Path] = {}
+    for folder in lab_roots():
+        for path in sorted(folder.glob("*/lab.toml")):
+            found.setdefault(path.parent.name, path.parent)
+    return [load_lab(found[slug]) for slug in sorted(found)]
 
 
 def find_lab(slug: str, root: Path | str | None = None) -> Lab:
     if not SLUG_RE.match(slug):
         raise LabError(f"'{slug}' is not a lab slug")
-    root = Path(root or LABS_ROOT)
-    folder = root / slug
-    if not (folder / "lab.toml").exists():
-        known = ", ".join(lab.slug for lab in discover_labs(root)) or "none"
-        raise LabError(f"no lab '{slug}' in {root} (known: {known})")
-    return load_lab(folder)
+    roots = [Path(root)] if root else lab_roots()
+    for folder in roots:
+        if (folder / slug / "lab.toml").exists():
+            return load_lab(folder / slug)
+    known = ", ".join(lab.slug for lab in discover_labs(root)) or "none"
+    raise LabError(f"no lab '{slug}' in {' or '.join(str(r) for r in roots)} (known: {known})")

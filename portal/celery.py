@@ -32,4 +32,4 @@ app.conf.update(
         }
     },
 )
-app.autodiscover_tasks(["portal.submissions"])
+app.autodiscover_tasks(["portal.submissions", "portal.catalog"])

@@ -7,6 +7,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("portal.accounts.urls")),
     path("healthz", healthz, name="healthz"),
+    path("", include("portal.catalog.urls")),
     path("", include("portal.submissions.urls")),
     path("", include("portal.courses.urls")),
 ]

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.utils import timezone
 
+import labs.catalog
 from labs.catalog import LABS_ROOT
 from portal.catalog.models import Lab
 from portal.catalog.services import lab_sync_all
@@ -18,6 +20,11 @@ from portal.courses.services import assignment_create, enrollment_create
 from tests.factories import CourseFactory, UserFactory
 
 FIXTURE_LABS = Path(__file__).parent / "fixtures" / "labs"
+# Uploaded labs go to a folder of the test run's own (and of every process the tests start),
+# never to the repository's var/ where `make run` keeps the demo's.
+UPLOADED_LABS = Path(tempfile.mkdtemp(prefix="aisys-test-uploaded-labs-"))
+os.environ["AISYS_UPLOADED_LABS"] = str(UPLOADED_LABS)
+labs.catalog.UPLOADED_LABS_ROOT = UPLOADED_LABS
 
 # Without a GPU, Triton kernels run in Triton's interpreter (numpy on the CPU): correct results,
 # meaningless timings. It must be set before any @triton.jit function is defined.
@@ -77,3 +84,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def uploaded_labs(tmp_path_factory, monkeypatch):
+    """Each test publishes uploaded labs into a folder of its own."""
+    root = tmp_path_factory.mktemp("uploaded-labs")
+    monkeypatch.setattr(labs.catalog, "UPLOADED_LABS_ROOT", root)
+    return root

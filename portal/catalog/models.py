@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.db import models
 
 
@@ -50,3 +51,33 @@ class LabVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.lab.slug} v{self.version} ({self.content_hash[:10]})"
+
+
+class LabUpload(models.Model):
+    """A lab an instructor uploaded as a zip: checked on a worker before it can be published."""
+
+    class State(models.TextChoices):
+        CHECKING = "checking", "Being checked"
+        PASSED = "passed", "Check passed"
+        FAILED = "failed", "Check failed"
+        PUBLISHED = "published", "Published"
+
+    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    slug = models.SlugField(max_length=50)
+    version = models.PositiveIntegerField()
+    title = models.CharField(max_length=200)
+    resource_class = models.CharField(max_length=20, default="cpu")
+    archive = models.BinaryField()
+    archive_sha256 = models.CharField(max_length=64)
+    state = models.CharField(max_length=12, choices=State.choices, default=State.CHECKING)
+    report = models.JSONField(null=True, blank=True, help_text="lab check's outcome per solution")
+    message = models.TextField(blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.slug} v{self.version} ({self.state})"

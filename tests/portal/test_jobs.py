@@ -6,20 +6,16 @@ from __future__ import annotations
 import base64
 import html
 import json
-import subprocess
 import time
 from datetime import timedelta
 
-import kombu.pools
 import pytest
-import redis
 from django.urls import reverse
 from django.utils import timezone
 
 from labs.catalog import LABS_ROOT
 from portal.catalog.models import Lab
 from portal.catalog.services import lab_sync_all
-from portal.celery import app as celery_app
 from portal.courses.services import assignment_create
 from portal.leaderboards.models import LeaderboardEntry
 from portal.leaderboards.selectors import leaderboard_for_assignment
@@ -31,71 +27,8 @@ from portal.submissions.services import (
     jobs_reap,
     submission_create,
 )
-from tests.conftest import free_port
 
 CODE = {"linear_op.py": "x = 1\n"}
-
-
-class PrivateBroker:
-    """A redis-server of the test's own, which the test can stop and start again."""
-
-    def __init__(self, workdir):
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc = None
-
-    def start(self):
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        client = self.client()
-        for _ in range(100):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("private redis-server did not start")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait()
-
-    def client(self):
-        return redis.Redis(port=self.port)
-
-
-def _use_broker(url: str) -> None:
-    """Point the portal's Celery app at another broker (drops its cached connection pools)."""
-    celery_app.conf.broker_url = url
-    celery_app._pool = None
-    celery_app.amqp._producer_pool = None
-    kombu.pools.reset()
-
-
-@pytest.fixture
-def private_broker(tmp_path):
-    broker = PrivateBroker(tmp_path)
-    broker.start()
-    previous = celery_app.conf.broker_url
-    _use_broker(f"redis://127.0.0.1:{broker.port}/0")
-    yield broker
-    _use_broker(previous)
-    if broker.proc.poll() is None:
-        broker.stop()
 
 
 def test_redis_down_at_submit_keeps_the_job_queued_and_dispatches_it_when_back(client, cast, custom_op, private_broker):
