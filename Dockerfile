@@ -15,15 +15,19 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # libgomp1: OpenMP runtime for torch / scikit-learn CPU kernels.
 # gcc, libc6-dev: Triton compiles a small C launcher for each kernel at run time and fails
 # with "Failed to find C compiler" without one.
+# g++, ninja-build: C++/CUDA extension labs (cuda_matmul) build with torch's load_inline in the
+# sandbox. (python3-dev's headers come with the python image.)
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends bubblewrap libgomp1 gcc libc6-dev \
+    && apt-get install -y --no-install-recommends bubblewrap libgomp1 gcc g++ ninja-build libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 
 # Unprivileged runtime user; bwrap then creates the sandbox through an unprivileged user
 # namespace (the container needs the security_opt exceptions from docker-compose.yml).
 RUN groupadd --system --gid 1000 app \
     && useradd --system --uid 1000 --gid app --create-home --home-dir /home/app \
-       --shell /usr/sbin/nologin app
+       --shell /usr/sbin/nologin app \
+    && mkdir -p /srv/aisys/uploaded-labs /var/cache/aisys/compile \
+    && chown app:app /srv/aisys/uploaded-labs /var/cache/aisys/compile
 
 WORKDIR /app
 

@@ -5,6 +5,11 @@ set -euo pipefail
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v bwrap >/dev/null || need+=(bubblewrap)
+# C++/CUDA extension labs (cuda_matmul) build with torch's load_inline: a C++ compiler, ninja and
+# the Python headers of the interpreter the sandbox runs.
+command -v g++ >/dev/null || need+=(g++)
+command -v ninja >/dev/null || need+=(ninja-build)
+[ -f /usr/include/python3.11/Python.h ] || need+=(python3.11-dev)
 if [ "${AISYS_BROWSER_TESTS:-0}" = 1 ]; then
   command -v chromium >/dev/null || need+=(chromium)
 fi
