@@ -36,6 +36,7 @@ bench: install system
 	$(PY) bench/sandbox_overhead.py
 	$(PY) bench/e2e_latency.py
 	$(PY) bench/kernels.py --spread
+	$(PY) bench/labs.py
 
 clean:
 	rm -rf var/staticfiles var/log .pytest_cache
