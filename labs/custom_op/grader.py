@@ -6,12 +6,16 @@ so it imports what it needs inside its body and uses no other name from this fil
 
 All references are computed here with ``torch.nn.functional.linear`` and torch's own autograd,
 so a student's operator is compared against the library op it replaces.
+
+The benchmark times forward + backward against torch's ``F.linear`` with
+``kernels.bench.interleaved_ratio`` (A B, B A, ... on fresh inputs every pair; the median of the
+per-pair ratios), bracketed by the harness so the worker's clock encloses it; the timed calls'
+gradients are checked here afterwards.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +31,14 @@ FP32_RTOL, FP32_ATOL = 1e-5, 1e-5
 DIGITS_MIN_ACCURACY = 0.93
 DIGITS_TEST_SIZE = 450
 BENCH_PAIRS = 20
+BENCH_WARMUP = 3
+BENCH_AUDITED = 4  # timed pairs whose gradients are recomputed here, chosen by the seed, unknown to the sandbox
+# The worker reads the end of the timed batch a little after it happens, never before: the
+# reported times may exceed its envelope by 1% + 5 ms at most (as kernels.guards allows).
+ENVELOPE_RELATIVE_SLACK, ENVELOPE_ABSOLUTE_SLACK = 0.01, 5e-3
+# A timed call's gradients are compared through sum(grad * probe) with a random probe per input:
+# float32 results that differ from torch's only by summation order agree to ~1e-6 of sum |grad * probe|.
+FINGERPRINT_RTOL, FINGERPRINT_ATOL = 1e-4, 1e-6
 
 GRAD_LABELS = {
     "out": "output",
@@ -194,8 +206,11 @@ def cases(seed: int) -> list[dict]:
         "bias": _randn(gen, 512, dtype=torch.float32),
         "grad_output": _randn(gen, 256, 512, dtype=torch.float32),
         "pairs": BENCH_PAIRS,
+        "warmup": BENCH_WARMUP,
+        "probes": [_randn(gen, 256, 512), _randn(gen, 512, 512), _randn(gen, 512)],
     }
-    out.append({"name": "benchmark", "points": 0, "inputs": bench})
+    audit = sorted(torch.randperm(BENCH_PAIRS, generator=gen)[:BENCH_AUDITED].tolist())
+    out.append({"name": "benchmark", "points": 0, "inputs": bench, "audit": audit})
     return out
 
 
@@ -211,7 +226,6 @@ def run(module, inputs: dict) -> dict:
     Errors in the student's code propagate and fail the case with their own type and message;
     wrong *types* returned by the student are turned into a TypeError that says what was expected.
     """
-    import time
 
     import torch
     from torch import nn
@@ -366,29 +380,43 @@ def run(module, inputs: dict) -> dict:
         return {"state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
 
     if kind == "benchmark":
+        from kernels import bench  # shipped into the sandbox next to the harness
+
         reference = harness.original("torch.nn.functional.linear")  # noqa: F821 (global set by the runner)
-        x, w, b, g = inputs["x"], inputs["weight"], inputs["bias"], inputs["grad_output"]
-        student_leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
-        torch_leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+        base = [inputs["x"], inputs["weight"], inputs["bias"], inputs["grad_output"]]
+        kept = []
 
-        def timed(op, leaves) -> float:
-            for t in leaves:
-                t.grad = None
-            start = time.perf_counter()
-            op(*leaves).backward(g)
-            return time.perf_counter() - start
+        def pair_inputs(call: int) -> list[torch.Tensor]:
+            # Fresh values for every pair, cheaply: grader._pair_inputs makes the same ones.
+            x, w, b, g = base
+            shift = call + 1
+            return [x.roll(shift, 0), w.roll(shift, 1), b.roll(shift, 0), g.roll(2 * shift + 1, 0) * (1 + 0.01 * shift)]
 
-        def student_op(xs, ws, bs):
-            return apply(xs, ws, bs)
+        def student(x, w, b, g) -> None:
+            leaves = (x.requires_grad_(), w.requires_grad_(), b.requires_grad_())
+            apply(*leaves).backward(g)
+            kept.append(leaves)
 
-        for _ in range(3):
-            timed(student_op, student_leaves)
-            timed(reference, torch_leaves)
-        student_s, torch_s = [], []
-        for _ in range(int(inputs["pairs"])):  # interleaved so drifting clocks hit both sides alike
-            student_s.append(timed(student_op, student_leaves))
-            torch_s.append(timed(reference, torch_leaves))
-        return {"student_seconds": student_s, "torch_seconds": torch_s}
+        def library(x, w, b, g) -> None:
+            reference(x.requires_grad_(), w.requires_grad_(), b.requires_grad_()).backward(g)
+
+        harness.begin("benchmark")  # noqa: F821 (waits until the worker has read its clock)
+        result = bench.interleaved_ratio(
+            student, library, pair_inputs, pairs=int(inputs["pairs"]), warmup=int(inputs["warmup"])
+        )
+        harness.end("benchmark")  # noqa: F821
+
+        def weighted(t, probe, absolute: bool) -> float:
+            if t.grad is None or t.grad.shape != probe.shape:
+                return float("nan")
+            product = t.grad.double() * probe
+            return float((product.abs() if absolute else product).sum())
+
+        result["fingerprints"] = [
+            [weighted(t, p, a) for a in (False, True) for t, p in zip(leaves, inputs["probes"], strict=True)]
+            for leaves in kept[int(inputs["warmup"]) :]
+        ]
+        return result
 
     raise ValueError(f"unknown case kind {kind!r}")
 
@@ -558,18 +586,77 @@ def _check_digits(case: dict, output) -> None:
         )
 
 
+def _pair_inputs(inputs: dict, call: int) -> list[torch.Tensor]:
+    """The inputs of timed pair ``call``, as run()'s ``pair_inputs`` makes them in the sandbox:
+    every pair's gradients differ (x and grad_output rolled by different amounts, grad_output scaled)."""
+    x, w, b, g = (inputs[k] for k in ("x", "weight", "bias", "grad_output"))
+    shift = call + 1
+    return [x.roll(shift, 0), w.roll(shift, 1), b.roll(shift, 0), g.roll(2 * shift + 1, 0) * (1 + 0.01 * shift)]
+
+
+def _timed_fingerprint(inputs: dict, call: int) -> list[float]:
+    """sum(grad * probe) and sum(|grad * probe|) of grad x, weight and bias of timed pair ``call``."""
+    x, w, b, g = _pair_inputs(inputs, call)
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    F.linear(*leaves).backward(g)
+    products = [t.grad.double() * p for t, p in zip(leaves, inputs["probes"], strict=True)]
+    return [float(p.sum()) for p in products] + [float(p.abs().sum()) for p in products]
+
+
+def _summary(output, key: str, pairs: int) -> dict:
+    summary = _field(output, key)
+    values = [summary.get(k) if isinstance(summary, dict) else None for k in ("median", "mean", "min", "max")]
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
+        raise CheckFailed(f"benchmark: malformed '{key}' from run(): timings must be positive")
+    if summary.get("samples") != pairs:
+        raise CheckFailed(f"benchmark: {summary.get('samples')} timed calls in '{key}', expected {pairs}")
+    return summary
+
+
 def _check_benchmark(case: dict, output) -> dict:
-    student = _field(output, "student_seconds")
-    reference = _field(output, "torch_seconds")
-    for name, values in (("student_seconds", student), ("torch_seconds", reference)):
-        if not isinstance(values, (list, tuple)) or not values:
-            raise CheckFailed(f"benchmark: malformed '{name}' from run(): expected a non-empty list")
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
-            raise CheckFailed(f"benchmark: malformed '{name}' from run(): timings must be positive")
-    if len(student) != len(reference):
-        raise CheckFailed(f"benchmark: malformed timings, {len(student)} student vs {len(reference)} torch")
-    ratio = statistics.median(s / t for s, t in zip(student, reference, strict=True))
-    return {"metric": ratio}
+    inputs = case["inputs"]
+    pairs = int(inputs["pairs"])
+    mine, theirs = _summary(output, "seconds", pairs), _summary(output, "reference_seconds", pairs)
+    ratio = _field(output, "ratio")
+    # The median of the per-pair ratios lies between the extreme ratios the summaries allow.
+    low, high = mine["min"] / theirs["max"], mine["max"] / theirs["min"]
+    if not isinstance(ratio, (int, float)) or not low * (1 - 1e-9) <= ratio <= high * (1 + 1e-9):
+        raise CheckFailed(f"benchmark: the reported ratio {ratio!r} does not fit the reported timings")
+    prints = _field(output, "fingerprints")
+    if not isinstance(prints, list) or len(prints) != pairs:
+        raise CheckFailed(f"benchmark: run() recorded {len(prints) if isinstance(prints, list) else 'no'} timed calls")
+    names = ("grad of x", "grad of weight", "grad of bias")
+    for call in case["audit"]:
+        got, want = prints[call], _timed_fingerprint(inputs, call)
+        if not isinstance(got, list) or len(got) != len(want):
+            raise CheckFailed(f"benchmark: malformed record of timed call {call + 1} from run()")
+        for i, (a, e) in enumerate(zip(got, want, strict=True)):
+            scale = want[3 + i % 3]  # sum |grad * probe| bounds any summation-order difference
+            if not (isinstance(a, float) and abs(a - e) <= FINGERPRINT_ATOL + FINGERPRINT_RTOL * scale):
+                raise CheckFailed(
+                    f"benchmark: timed call {call + 1} of {pairs} gave a wrong {names[i % 3]} (its sum against a "
+                    f"random probe is {a!r}, expected {e:.6g}): the timed calls must compute the same gradients as "
+                    "the tested ones"
+                )
+    envelope = case.get("runtime", {}).get("envelopes", {}).get("benchmark")
+    if envelope is None:
+        raise CheckFailed(
+            "benchmark: the grader saw no timed batch (the harness's begin/end marks are missing), so the "
+            "reported times cannot be trusted"
+        )
+    busy = mine["mean"] * pairs + theirs["mean"] * pairs
+    if busy > envelope * (1 + ENVELOPE_RELATIVE_SLACK) + ENVELOPE_ABSOLUTE_SLACK:
+        raise CheckFailed(
+            f"benchmark rejected: {2 * pairs} timed calls reported {busy:.4g} s, but the grader's own clock saw the "
+            f"whole batch take {envelope:.4g} s; the reported times are not real"
+        )
+    return {
+        "metric": float(ratio),
+        "message": (
+            f"forward + backward, 256x512 input, 512x512 weight: yours {mine['median'] * 1e3:.2f} ms, torch "
+            f"{theirs['median'] * 1e3:.2f} ms (medians); median ratio {ratio:.3f} over {pairs} interleaved pairs"
+        ),
+    }
 
 
 def check(case: dict, output) -> dict | None:

@@ -11,6 +11,19 @@ from portal.catalog.models import Lab, LabVersion
 from portal.catalog.services import lab_sync_all
 from tests.conftest import FIXTURE_LABS
 
+CATALOG = {
+    "vector_add": "vector_add.py",
+    "custom_op": "linear_op.py",
+    "autodiff": "autodiff.py",
+    "cuda_matmul": "matmul_ext.py",
+    "triton_softmax": "softmax.py",
+    "ring_allreduce": "collectives.py",
+    "grad_compression": "compression.py",
+    "quantization": "quantize.py",
+    "nas_search": "search.py",
+    "data_pipeline_parallel": "parallel.py",
+}
+
 
 def test_custom_op_lab_loads_with_its_contract():
     lab = find_lab("custom_op")
@@ -72,5 +85,40 @@ def test_sync_is_idempotent_and_tracks_versions(db, tmp_path):
     assert not Lab.objects.get(slug="echo_lab").is_available
 
 
-def test_every_shipped_lab_loads():
-    assert [lab.slug for lab in discover_labs()] == ["custom_op", "vector_add"]
+def test_every_lab_of_the_catalog_ships_and_loads():
+    """The ten labs of ../shared/LABS.md, by the names students code against."""
+    labs = {lab.slug: lab for lab in discover_labs()}
+    assert sorted(labs) == sorted(CATALOG)
+    for slug, entry in CATALOG.items():
+        assert labs[slug].entry == entry and labs[slug].metric is not None, slug
+        assert labs[slug].starter_files()[entry], slug
+    assert {slug for slug, lab in labs.items() if lab.world_size > 1} == {
+        "ring_allreduce",
+        "grad_compression",
+        "data_pipeline_parallel",
+    }
+    assert {slug for slug, lab in labs.items() if lab.is_gpu} == {"vector_add", "cuda_matmul", "triton_softmax"}
+
+
+def test_expected_toml_is_validated(tmp_path):
+    folder = tmp_path / "echo_lab"
+    shutil.copytree(FIXTURE_LABS / "echo_lab", folder)
+    wrong = folder / "solutions" / "wrong" / "typo"
+    wrong.mkdir(parents=True)
+    (wrong / "sol.py").write_text("def double(x):\n    return x\n")
+    (wrong / "expected.toml").write_text('verdict = "failed"\nmesages = ["x"]\n')
+    with pytest.raises(LabError, match=r"unknown keys \['mesages'\]"):
+        load_lab(folder).solutions()
+    (wrong / "expected.toml").write_text('verdict = "fail"\n')
+    with pytest.raises(LabError, match="verdict 'fail' must be one of"):
+        load_lab(folder).solutions()
+    (wrong / "expected.toml").write_text(
+        'verdict = "timed_out"\nreason = "time_limit"\nscore = 0\n[limits]\nwall_seconds = 5\n'
+    )
+    solution = next(s for s in load_lab(folder).solutions() if s.name == "typo")
+    assert (solution.expected_verdict, solution.expected_reason, solution.expected_score) == (
+        "timed_out",
+        "time_limit",
+        0,
+    )
+    assert solution.limits == {"wall_seconds": 5}

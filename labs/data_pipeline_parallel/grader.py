@@ -1,0 +1,831 @@
+"""Grader for the ``data_pipeline_parallel`` lab: bucketed data parallelism and a GPipe step.
+
+Trust split (see docs/authoring-labs.md): ``cases`` and ``check`` run in the worker and hold every
+reference (single-process training, the sequential model's loss and gradients, the expected
+buckets); ``run`` is shipped alone into the sandbox, so it imports what it needs inside its body
+and uses no other name from this file. ``run`` starts the ranks with ``labs.ranks.spawn`` (gloo
+over loopback, one forked process per rank) and returns what each rank measured.
+
+The references are plain single-process PyTorch: what data parallelism and pipelining must
+reproduce exactly, only faster.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from labs.grading import CheckFailed, assert_close
+
+# Float64 throughout: averaging gradients over ranks or summing microbatches changes only the
+# order of additions, so 1e-6 (the catalog's contract) is loose for honest code and far too tight
+# for a gradient that is not divided by the world size or misses a term.
+DDP_RTOL, DDP_ATOL = 1e-6, 1e-9
+# All ranks apply the same averaged gradient, so they must agree to rounding.
+AGREE_RTOL, AGREE_ATOL = 1e-10, 1e-12
+PIPE_RTOL, PIPE_ATOL = 1e-8, 1e-12
+# Per spawn of the ranks. Honest cases take 0.2 to 1 s on 2 cores with a little other load, but
+# every message needs the peer process scheduled: with 12 runnable processes on 2 cores the
+# pipeline cases took 7 to 22 s (DDP's few all-reduces 2 s). A hang costs this much per case.
+SPAWN_TIMEOUT_SECONDS = 15.0
+BENCH_TIMEOUT_SECONDS = 30.0
+DATA_FEATURES = 64
+DDP_GLOBAL_BATCH = 48  # divisible by 2, 3 and 4: every rank gets the same number of rows
+DDP_STEPS, DDP_LR, DDP_MOMENTUM = 5, 0.1, 0.9
+# The bucket cases: 5 buckets of 594, 800, 1280, 40 and 2560 float64 values (see _buckets).
+BUCKET_SIZES, BUCKET_CAP_MB = [64, 40, 32, 24, 16, 10], 0.008
+# The benchmark: 2 stages of two 256-wide layers, 8 microbatches of 32 rows; 5 timed steps.
+BENCH_WIDTHS, BENCH_STAGES = [256] * 5, [[0, 1], [2, 3]]
+BENCH_MICROBATCHES, BENCH_ROWS, BENCH_REPS = 8, 32, 5
+# An honest GPipe step cannot beat m stage-passes of compute (ratio m / (m + p - 1)). A median
+# under this share of that floor is a forged clock or a reference skewed by the machine's load:
+# either way not a figure to rank (the case still passes if every answer was right).
+FLOOR_SLACK = 0.8
+# The worker reads the end of the timed region a little after it happens, never before.
+ENVELOPE_RELATIVE_SLACK, ENVELOPE_ABSOLUTE_SLACK = 0.01, 5e-3
+
+
+# --------------------------------------------------------------------------------------------
+# cases: trusted, from the job's secret seed
+# --------------------------------------------------------------------------------------------
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers of the given widths with tanh between them, in float64 (as run() builds them)."""
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers).double()
+
+
+def _stage(widths: list[int], layer_ids: list[int]) -> nn.Sequential:
+    """One pipeline stage: the model's layers ``layer_ids``, tanh after all but the model's last."""
+    last = len(widths) - 2
+    layers: list[nn.Module] = []
+    for layer in layer_ids:
+        layers.append(nn.Linear(widths[layer], widths[layer + 1]))
+        if layer < last:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers).double()
+
+
+def _random_params(gen: torch.Generator, model: nn.Module) -> list[torch.Tensor]:
+    """Weights like nn.Linear's scale (1/sqrt(fan_in)), drawn from the case's generator."""
+    params = []
+    for p in model.parameters():
+        fan_in = p.shape[1] if p.dim() == 2 else p.shape[0]
+        params.append(torch.rand(p.shape, generator=gen, dtype=torch.float64).mul_(2).sub_(1) / math.sqrt(fan_in))
+    return params
+
+
+def _load(model: nn.Module, params: list[torch.Tensor]) -> nn.Module:
+    with torch.no_grad():
+        for p, value in zip(model.parameters(), params, strict=True):
+            p.copy_(value)
+    return model
+
+
+def _classification_data(gen: torch.Generator, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian inputs labelled by a random linear teacher into 10 classes (nothing to download)."""
+    x = torch.randn(rows, DATA_FEATURES, generator=gen, dtype=torch.float64)
+    teacher = torch.randn(DATA_FEATURES, 10, generator=gen, dtype=torch.float64)
+    return x, (x @ teacher).argmax(dim=1)
+
+
+def _sgd_step(params: list[torch.Tensor], buffers: list[torch.Tensor | None], lr: float, momentum: float) -> None:
+    """torch.optim.SGD's update with momentum (dampening 0), written out: run() does the same."""
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            buffers[i] = p.grad.clone() if buffers[i] is None else buffers[i].mul_(momentum).add_(p.grad)
+            p.sub_(lr * buffers[i])
+
+
+def _buckets(numels: list[int], cap_mb: float, element_size: int = 8) -> list[list[int]]:
+    """The README's bucket rule, as parameter indices: walk the parameters in reverse order and
+    start a new bucket when the next one would push a non-empty bucket past the cap."""
+    cap_bytes = cap_mb * 1024 * 1024
+    buckets: list[list[int]] = []
+    current: list[int] = []
+    size = 0
+    for index in reversed(range(len(numels))):
+        nbytes = numels[index] * element_size
+        if current and size + nbytes > cap_bytes:
+            buckets.append(current)
+            current, size = [], 0
+        current.append(index)
+        size += nbytes
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+def _ddp_init_case(gen: torch.Generator) -> dict:
+    sizes, world, rows = [DATA_FEATURES, 24, 10], 3, 6
+    model = _mlp(sizes)
+    inits = [_random_params(gen, model) for _ in range(world)]
+    xs = _classification_data(gen, world * rows)[0].reshape(world, rows, -1)
+    _load(model, inits[0])
+    with torch.no_grad():
+        outs = [model(xs[r]) for r in range(world)]
+    return {
+        "name": "ddp_broadcast_init",
+        "points": 10,
+        "inputs": {"kind": "ddp_init", "world_size": world, "sizes": sizes, "init": inits, "x": xs},
+        "names": [n for n, _ in model.named_parameters()],
+        "expected_params": inits[0],
+        "expected_out": outs,
+    }
+
+
+def _ddp_train_case(name: str, gen: torch.Generator, *, world: int, cap_mb: float | None) -> dict:
+    sizes = [DATA_FEATURES, 32, 32, 10]
+    model = _mlp(sizes)
+    inits = [_random_params(gen, model) for _ in range(world)]
+    x, y = _classification_data(gen, DDP_STEPS * DDP_GLOBAL_BATCH)
+    xs, ys = x.reshape(DDP_STEPS, DDP_GLOBAL_BATCH, -1), y.reshape(DDP_STEPS, DDP_GLOBAL_BATCH)
+    _load(model, inits[0])
+    params = list(model.parameters())
+    buffers: list[torch.Tensor | None] = [None] * len(params)
+    for step in range(DDP_STEPS):
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(xs[step]), ys[step]).backward()
+        _sgd_step(params, buffers, DDP_LR, DDP_MOMENTUM)
+    return {
+        "name": name,
+        "points": 15,
+        "inputs": {
+            "kind": "ddp_train",
+            "world_size": world,
+            "sizes": sizes,
+            "init": inits,
+            "x": xs,
+            "y": ys,
+            "lr": DDP_LR,
+            "momentum": DDP_MOMENTUM,
+            "bucket_cap_mb": cap_mb,
+        },
+        "names": [n for n, _ in model.named_parameters()],
+        "expected_params": [p.detach().clone() for p in model.parameters()],
+    }
+
+
+def _ddp_buckets_case(name: str, gen: torch.Generator, *, world: int) -> dict:
+    model = _mlp(BUCKET_SIZES)
+    inits = [_random_params(gen, model) for _ in range(world)]
+    x, y = _classification_data(gen, 8 * world)
+    numels = [p.numel() for p in model.parameters()]
+    buckets = _buckets(numels, BUCKET_CAP_MB)
+    return {
+        "name": name,
+        "points": 10,
+        "inputs": {
+            "kind": "ddp_buckets",
+            "world_size": world,
+            "sizes": BUCKET_SIZES,
+            "init": inits,
+            "x": x,
+            "y": y,
+            "bucket_cap_mb": BUCKET_CAP_MB,
+        },
+        "bucket_numels": [sum(numels[i] for i in bucket) for bucket in buckets],
+        # Buckets holding neither parameter of the first layer are complete before backward reaches
+        # the first layer, so their all-reduce must already have been started by then.
+        "launchable_early": sum(1 for bucket in buckets if 0 not in bucket and 1 not in bucket),
+    }
+
+
+def _pipeline_reference(widths, stages, weights, xs, ys) -> tuple[float, list[list[torch.Tensor]]]:
+    """Loss and per-stage gradients of the whole model run sequentially, microbatch by microbatch."""
+    modules = [_load(_stage(widths, layer_ids), w) for layer_ids, w in zip(stages, weights, strict=True)]
+    model = nn.Sequential(*modules)
+    m = len(xs)
+    total = 0.0
+    for x, y in zip(xs, ys, strict=True):
+        loss = F.mse_loss(model(x), y) / m
+        loss.backward()
+        total += loss.item()
+    return total, [[p.grad.detach().clone() for p in module.parameters()] for module in modules]
+
+
+def _gpipe_case(name: str, gen, *, widths, stages, microbatches: int, rows: int, schedule: bool = False) -> dict:
+    weights = [_random_params(gen, _stage(widths, layer_ids)) for layer_ids in stages]
+    xs = torch.randn(microbatches, rows, widths[0], generator=gen, dtype=torch.float64)
+    ys = torch.randn(microbatches, rows, widths[-1], generator=gen, dtype=torch.float64)
+    loss, grads = _pipeline_reference(widths, stages, weights, xs, ys)
+    return {
+        "name": name,
+        "points": 10,
+        "inputs": {
+            "kind": "gpipe",
+            "world_size": len(stages),
+            "widths": widths,
+            "stages": stages,
+            "weights": weights,
+            "x": xs,
+            "y": ys,
+            "schedule": schedule,
+        },
+        "check": "schedule" if schedule else "values",
+        "names": [[n for n, _ in _stage(widths, layer_ids).named_parameters()] for layer_ids in stages],
+        "expected_loss": loss,
+        "expected_grads": grads,
+    }
+
+
+def _benchmark_case(gen) -> dict:
+    weights = [_random_params(gen, _stage(BENCH_WIDTHS, layer_ids)) for layer_ids in BENCH_STAGES]
+    shape = (BENCH_REPS, BENCH_MICROBATCHES, BENCH_ROWS)
+    xs = torch.randn(*shape, BENCH_WIDTHS[0], generator=gen, dtype=torch.float64)
+    ys = torch.randn(*shape, BENCH_WIDTHS[-1], generator=gen, dtype=torch.float64)
+    # Fresh microbatches for every timed step, so no step can reuse another's result; every step's
+    # loss is checked, and the last step's gradients.
+    model = nn.Sequential(*[_load(_stage(BENCH_WIDTHS, ids), w) for ids, w in zip(BENCH_STAGES, weights, strict=True)])
+    with torch.no_grad():  # equal microbatches: the mean of their MSEs is the MSE of the whole step
+        out = model(xs.reshape(-1, BENCH_WIDTHS[0])).reshape(*shape, BENCH_WIDTHS[-1])
+        losses = ((out - ys) ** 2).mean(dim=(1, 2, 3)).tolist()
+    _, grads = _pipeline_reference(BENCH_WIDTHS, BENCH_STAGES, weights, xs[-1], ys[-1])
+    return {
+        "name": "pipeline_benchmark",
+        "points": 0,
+        "inputs": {
+            "kind": "benchmark",
+            "world_size": len(BENCH_STAGES),
+            "widths": BENCH_WIDTHS,
+            "stages": BENCH_STAGES,
+            "weights": weights,
+            "x": xs,
+            "y": ys,
+        },
+        "names": [[n for n, _ in _stage(BENCH_WIDTHS, ids).named_parameters()] for ids in BENCH_STAGES],
+        "expected_losses": losses,
+        "expected_grads": grads,
+    }
+
+
+def cases(seed: int) -> list[dict]:
+    """Every hidden test, generated from the secret seed so inputs cannot be memorised."""
+    gen = torch.Generator().manual_seed(seed)
+    out = [
+        _ddp_init_case(gen),
+        _ddp_train_case("ddp_train_2_ranks", gen, world=2, cap_mb=None),
+        _ddp_train_case("ddp_train_4_ranks_small_buckets", gen, world=4, cap_mb=0.01),
+        _ddp_buckets_case("ddp_buckets", gen, world=2),
+        _ddp_buckets_case("ddp_overlap", gen, world=3),
+        _gpipe_case("gpipe_2_ranks", gen, widths=[12, 20, 6], stages=[[0], [1]], microbatches=4, rows=5),
+        _gpipe_case(
+            "gpipe_3_ranks",
+            gen,
+            widths=[10, 18, 14, 9, 7, 5],
+            stages=[[0, 1], [2, 3], [4]],
+            microbatches=4,
+            rows=3,
+        ),
+        _gpipe_case(
+            "gpipe_4_ranks_3_microbatches",
+            gen,
+            widths=[8, 16, 12, 11, 4],
+            stages=[[0], [1], [2], [3]],
+            microbatches=3,
+            rows=4,
+        ),
+        _gpipe_case("gpipe_schedule", gen, widths=[9, 13, 7], stages=[[0], [1]], microbatches=4, rows=4, schedule=True),
+        _benchmark_case(gen),
+    ]
+    for case in out:
+        case["inputs"]["timeout"] = BENCH_TIMEOUT_SECONDS if case is out[-1] else SPAWN_TIMEOUT_SECONDS
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# run: untrusted side, shipped alone into the sandbox
+# --------------------------------------------------------------------------------------------
+
+
+def run(module, inputs: dict):
+    """Start the ranks, call the student's ``MyDDP`` or ``gpipe_step`` on each; return plain data.
+
+    Self-contained on purpose: the runner ships only this function's source into the sandbox.
+    A rank that raises, dies or hangs fails the case with ``labs.ranks.RankFailed`` naming it.
+    """
+    import multiprocessing
+    import re
+    import threading
+    import time
+
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from torch import nn
+
+    from labs import ranks
+
+    kind, world, timeout = inputs["kind"], int(inputs["world_size"]), float(inputs["timeout"])
+    if kind in ("gpipe", "benchmark"):
+        # The first out.backward(grad) of a process imports this (and sympy): 1 to 4 s of CPU that
+        # every forked rank would pay again in every case. Imported here once, the ranks inherit it.
+        import torch.fx.experimental.symbolic_shapes  # noqa: F401
+
+    def mlp(sizes):
+        layers = []
+        for i in range(len(sizes) - 1):
+            layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+            if i < len(sizes) - 2:
+                layers.append(nn.Tanh())
+        return nn.Sequential(*layers).double()
+
+    def stage_module(widths, layer_ids):
+        layers = []
+        for layer in layer_ids:
+            layers.append(nn.Linear(widths[layer], widths[layer + 1]))
+            if layer < len(widths) - 2:
+                layers.append(nn.Tanh())
+        return nn.Sequential(*layers).double()
+
+    def load(model, params):
+        with torch.no_grad():
+            for p, value in zip(model.parameters(), params, strict=True):
+                p.copy_(value)
+        return model
+
+    def wrap(model, cap):
+        ddp = module.MyDDP(model) if cap is None else module.MyDDP(model, bucket_cap_mb=cap)
+        if not isinstance(ddp, nn.Module):
+            raise TypeError(f"MyDDP(...) built a {type(ddp).__name__}, expected an nn.Module subclass")
+        return ddp
+
+    def forward(ddp, x):
+        out = ddp(x)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"MyDDP.forward returned {type(out).__name__}, expected the wrapped module's output")
+        return out
+
+    def grads(model):
+        return [None if p.grad is None else p.grad.detach().clone() for p in model.parameters()]
+
+    def plain_loss(value):
+        if value is None or isinstance(value, (int, float)):
+            return None if value is None else float(value)
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            return float(value.detach().reshape(()).item())
+        return f"<{type(value).__name__}>"
+
+    def start(fn):
+        try:
+            return ranks.spawn(fn, world, timeout=timeout)
+        except ranks.RankFailed as exc:
+            # A forbidden call inside a rank is reported as one, not as a rank failure.
+            found = re.search(r"raised ForbiddenCall: forbidden call: ([\w.]+)\(\)", str(exc))
+            if found:
+                raise harness.forbidden(found.group(1)) from None  # noqa: F821 (set by the runner)
+            raise
+
+    if kind == "ddp_init":
+
+        def on_rank(rank, world_size):
+            model = load(mlp(inputs["sizes"]), inputs["init"][rank])
+            ddp = wrap(model, None)
+            params = [p.detach().clone() for p in model.parameters()]
+            with torch.no_grad():
+                out = forward(ddp, inputs["x"][rank])
+            return {"params": params, "out": out.detach().clone()}
+
+        return start(on_rank)
+
+    if kind == "ddp_train":
+
+        def on_rank(rank, world_size):
+            model = load(mlp(inputs["sizes"]), inputs["init"][rank])
+            ddp = wrap(model, inputs["bucket_cap_mb"])
+            params = list(model.parameters())
+            buffers = [None] * len(params)
+            per = inputs["x"].shape[1] // world_size
+            rows = slice(rank * per, (rank + 1) * per)
+            for x, y in zip(inputs["x"], inputs["y"], strict=True):
+                model.zero_grad(set_to_none=True)
+                F.cross_entropy(forward(ddp, x[rows]), y[rows]).backward()
+                with torch.no_grad():  # torch.optim.SGD(lr, momentum), written out
+                    for i, p in enumerate(params):
+                        if p.grad is None:
+                            raise RuntimeError(f"parameter {i} has no gradient after backward")
+                        if buffers[i] is None:
+                            buffers[i] = p.grad.clone()
+                        else:
+                            buffers[i].mul_(inputs["momentum"]).add_(p.grad)
+                        p.sub_(inputs["lr"] * buffers[i])
+            return {"params": [p.detach().clone() for p in model.parameters()]}
+
+        return start(on_rank)
+
+    if kind == "ddp_buckets":
+
+        def on_rank(rank, world_size):
+            model = load(mlp(inputs["sizes"]), inputs["init"][rank])
+            ddp = wrap(model, inputs["bucket_cap_mb"])
+            per = inputs["x"].shape[0] // world_size
+            rows = slice(rank * per, (rank + 1) * per)
+            loss = F.cross_entropy(forward(ddp, inputs["x"][rows]), inputs["y"][rows])
+            # Count the all-reduces backward makes, and how many were started by the time the
+            # first layer's gradient is computed (the last gradient backward produces).
+            calls, seen = [], {"in_backward": False, "at_first_layer": None}
+            original = dist.all_reduce
+
+            def counted(tensor, *args, **kwargs):
+                if seen["in_backward"]:
+                    calls.append(int(tensor.numel()))
+                return original(tensor, *args, **kwargs)
+
+            def first_layer_reached(grad):
+                if seen["at_first_layer"] is None:
+                    seen["at_first_layer"] = len(calls)
+
+            for p in list(model.parameters())[:2]:
+                p.register_hook(first_layer_reached)
+            dist.all_reduce = dist.distributed_c10d.all_reduce = counted
+            seen["in_backward"] = True
+            try:
+                loss.backward()
+            finally:
+                seen["in_backward"] = False
+                dist.all_reduce = dist.distributed_c10d.all_reduce = original
+            return {"calls": calls, "at_first_layer": seen["at_first_layer"]}
+
+        return start(on_rank)
+
+    def microbatches(rank, world_size, xs, ys):
+        first, last = rank == 0, rank == world_size - 1
+        return [(x if first else None, y if last else None) for x, y in zip(xs, ys, strict=True)]
+
+    if kind == "gpipe":
+
+        def on_rank(rank, world_size):
+            stage = load(stage_module(inputs["widths"], inputs["stages"][rank]), inputs["weights"][rank])
+            schedule = {"forwards": 0, "before_first_backward": None}
+            if inputs["schedule"]:
+                # Forwards are counted at the stage's first layer (however the stage is called);
+                # the first gradient of that layer's weight marks the first backward.
+                def counted_forward(layer, args):
+                    schedule["forwards"] += 1
+
+                def first_backward(grad):
+                    if schedule["before_first_backward"] is None:
+                        schedule["before_first_backward"] = schedule["forwards"]
+
+                stage[0].register_forward_pre_hook(counted_forward)
+                stage[0].weight.register_hook(first_backward)
+            mbs = microbatches(rank, world_size, inputs["x"], inputs["y"])
+            loss = module.gpipe_step(stage, mbs, rank, world_size)
+            return {"loss": plain_loss(loss), "grads": grads(stage), **schedule}
+
+        return start(on_rank)
+
+    if kind == "benchmark":
+        # Asks the worker now whether it will time at all (it will not once a test has failed);
+        # the begin that rank 0 sends just before the timed loop replaces this one.
+        harness.begin("pipeline")  # noqa: F821 (set by the runner)
+        # Forked ranks cannot talk to the worker (multiprocessing closes their stdin), so rank 0
+        # asks this process to mark the timed region on the worker's clock, through a pipe.
+        parent_end, rank0_end = multiprocessing.Pipe()
+        refused = []
+
+        def relay():
+            while True:
+                try:
+                    message = parent_end.recv()
+                except (EOFError, OSError):
+                    return
+                if message == "begin":
+                    try:
+                        harness.begin("pipeline")  # noqa: F821
+                        parent_end.send("go")
+                    except BaseException as exc:  # noqa: BLE001 - NotTimed, re-raised below
+                        refused.append(exc)
+                        parent_end.send("skip")
+                elif message == "end":
+                    harness.end("pipeline")  # noqa: F821
+                    parent_end.send("done")
+                else:
+                    return
+
+        def on_rank(rank, world_size):
+            first, last = rank == 0, rank == world_size - 1
+            widths, layer_ids = inputs["widths"], inputs["stages"][rank]
+            stage = load(stage_module(widths, layer_ids), inputs["weights"][rank])
+            xs, ys = inputs["x"], inputs["y"]
+            reps, m, rows = xs.shape[0], xs.shape[1], xs.shape[2]
+            gen = torch.Generator().manual_seed(rank)
+            ref_in = torch.randn(m, rows, widths[layer_ids[0]], generator=gen, dtype=torch.float64)
+            ref_grad = torch.randn(m, rows, widths[layer_ids[-1] + 1], generator=gen, dtype=torch.float64)
+
+            def reference():
+                # This stage's own compute for every microbatch, no messages: the pipeline's unit.
+                for i in range(m):
+                    inp = ref_in[i] if first else ref_in[i].clone().requires_grad_()
+                    out = stage(inp)
+                    if last:
+                        (F.mse_loss(out, ref_grad[i]) / m).backward()
+                    else:
+                        out.backward(ref_grad[i])
+                stage.zero_grad(set_to_none=True)
+
+            def step(rep):
+                return module.gpipe_step(stage, microbatches(rank, world_size, xs[rep], ys[rep]), rank, world_size)
+
+            reference()  # warm-up, untimed
+            step(0)
+            stage.zero_grad(set_to_none=True)
+            dist.barrier()
+            go = torch.zeros(1)
+            if first:
+                rank0_end.send("begin")
+                go[0] = 1.0 if rank0_end.recv() == "go" else 0.0
+            dist.broadcast(go, 0)
+            if go.item() != 1.0:
+                raise RuntimeError("the worker declined to time the pipeline")
+            steps, refs, losses = [], [], []
+            for rep in range(reps):
+                dist.barrier()
+                t0 = time.perf_counter()
+                reference()
+                dist.barrier()
+                t1 = time.perf_counter()
+                loss = step(rep)
+                dist.barrier()
+                t2 = time.perf_counter()
+                refs.append(t1 - t0)
+                steps.append(t2 - t1)
+                losses.append(plain_loss(loss))
+                if rep < reps - 1:
+                    stage.zero_grad(set_to_none=True)
+            if first:
+                rank0_end.send("end")
+                rank0_end.recv()
+            return {"steps": steps, "references": refs, "losses": losses, "grads": grads(stage)}
+
+        thread = threading.Thread(target=relay, daemon=True)
+        thread.start()
+        try:
+            return start(on_rank)
+        except ranks.RankFailed:
+            if refused:
+                raise refused[0] from None
+            raise
+        finally:
+            rank0_end.send("stop")
+            thread.join(5.0)
+            parent_end.close()
+            rank0_end.close()
+
+    raise ValueError(f"unknown case kind {kind!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# check: trusted, compares run()'s output with the references
+# --------------------------------------------------------------------------------------------
+
+
+def _per_rank(output, world: int) -> list[dict]:
+    if not isinstance(output, (list, tuple)) or len(output) != world:
+        raise CheckFailed(f"run() returned {type(output).__name__}, expected one result per rank; result malformed")
+    for rank, part in enumerate(output):
+        if not isinstance(part, dict):
+            raise CheckFailed(f"rank {rank} returned {type(part).__name__}; the result is malformed")
+    return list(output)
+
+
+def _field(part: dict, key: str, rank: int):
+    if key not in part:
+        raise CheckFailed(f"rank {rank}'s result has no '{key}'; the result is malformed")
+    return part[key]
+
+
+def _tensors(values, count: int, what: str) -> list[torch.Tensor]:
+    if not isinstance(values, (list, tuple)) or len(values) != count:
+        raise CheckFailed(f"{what}: expected {count} tensors, got {type(values).__name__}; the result is malformed")
+    return list(values)
+
+
+def _check_ddp_init(case: dict, output) -> None:
+    inputs, names = case["inputs"], case["names"]
+    world = inputs["world_size"]
+    for rank, part in enumerate(_per_rank(output, world)):
+        params = _tensors(_field(part, "params", rank), len(names), f"rank {rank}'s parameters")
+        for name, got, want in zip(names, params, case["expected_params"], strict=True):
+            if not isinstance(got, torch.Tensor) or got.shape != want.shape or got.dtype != want.dtype:
+                raise CheckFailed(
+                    f"after MyDDP(model), rank {rank}'s parameter '{name}' is not a {want.dtype} tensor of shape "
+                    f"{tuple(want.shape)}: keep the module's own parameters, do not replace or convert them"
+                )
+            if not torch.equal(got, want):
+                diff = (got - want).abs().max().item()
+                whose = "rank 0's own" if rank == 0 else "rank 0's"
+                raise CheckFailed(
+                    f"after MyDDP(model) on {world} ranks, rank {rank}'s parameter '{name}' is not {whose} "
+                    f"initial value (max abs difference {diff:.3g}): the constructor must broadcast every "
+                    "parameter from rank 0 (dist.broadcast(p.data, src=0)) so all ranks start from the same model"
+                )
+        assert_close(
+            _field(part, "out", rank),
+            case["expected_out"][rank],
+            what=f"rank {rank}: MyDDP(model)(x) must return model(x)",
+            rtol=1e-12,
+            atol=1e-12,
+        )
+
+
+def _check_ddp_train(case: dict, output) -> None:
+    inputs, names = case["inputs"], case["names"]
+    world = inputs["world_size"]
+    parts = _per_rank(output, world)
+    finals = [_tensors(_field(p, "params", r), len(names), f"rank {r}'s parameters") for r, p in enumerate(parts)]
+    setting = (
+        f"{DDP_STEPS} SGD steps (lr {DDP_LR}, momentum {DDP_MOMENTUM}) on {world} ranks, "
+        f"{DDP_GLOBAL_BATCH // world} rows each, "
+        + ("default bucket_cap_mb" if inputs["bucket_cap_mb"] is None else f"bucket_cap_mb={inputs['bucket_cap_mb']}")
+    )
+    for rank in range(1, world):
+        for name, mine, theirs in zip(names, finals[rank], finals[0], strict=True):
+            try:
+                assert_close(mine, theirs, what=f"'{name}'", rtol=AGREE_RTOL, atol=AGREE_ATOL)
+            except CheckFailed as exc:
+                raise CheckFailed(
+                    f"after {setting}, rank {rank}'s parameters differ from rank 0's: {exc}. All ranks must hold "
+                    "the same model: start from rank 0's weights and apply the same averaged gradient everywhere"
+                ) from None
+    for name, got, want in zip(names, finals[0], case["expected_params"], strict=True):
+        try:
+            assert_close(got, want, what=f"'{name}'", rtol=DDP_RTOL, atol=DDP_ATOL)
+        except CheckFailed as exc:
+            raise CheckFailed(
+                f"after {setting}, the parameters differ from single-process training on all "
+                f"{DDP_GLOBAL_BATCH} rows: {exc}. Each gradient must be the average over ranks (all-reduce "
+                "the sum, then divide by the world size), in place in p.grad by the time backward() returns"
+            ) from None
+
+
+def _check_ddp_buckets(case: dict, output) -> None:
+    inputs = case["inputs"]
+    world, cap = inputs["world_size"], inputs["bucket_cap_mb"]
+    part = _per_rank(output, world)[0]
+    setting = f"one backward on {world} ranks, model {inputs['sizes']}, bucket_cap_mb={cap}"
+    calls = _field(part, "calls", 0)
+    expected = case["bucket_numels"]
+    if not isinstance(calls, list) or not all(isinstance(n, int) for n in calls):
+        raise CheckFailed("the recorded all_reduce calls are malformed")
+    if case["name"] == "ddp_buckets":
+        if not calls:
+            raise CheckFailed(
+                f"{setting}: no dist.all_reduce call was seen during backward. The grader counts calls of "
+                "torch.distributed.all_reduce made while loss.backward() runs: call it as dist.all_reduce(...) "
+                "(not a name imported with 'from torch.distributed import ...'), from your gradient hooks"
+            )
+        if sorted(calls) != sorted(expected):
+            raise CheckFailed(
+                f"{setting}: backward made {len(calls)} all_reduce calls of {calls} elements; expected "
+                f"{len(expected)}, one per bucket, of {expected} elements. Pack the gradients into buckets of "
+                "at most bucket_cap_mb (README: walk the parameters in reverse order, start a new bucket when "
+                "the next parameter would push a non-empty bucket past the cap) and all-reduce each bucket once"
+            )
+        return
+    early, at_first = case["launchable_early"], _field(part, "at_first_layer", 0)
+    if not isinstance(at_first, int):
+        raise CheckFailed(f"{setting}: the first layer's gradient was never computed; the result is malformed")
+    if at_first < early:
+        raise CheckFailed(
+            f"{setting}: when backward reached the first layer, {at_first} all_reduce calls had been made, but "
+            f"{early} buckets were already complete (of {len(expected)}). Start each bucket's all_reduce from a "
+            "gradient hook as soon as its last gradient arrives (e.g. register_post_accumulate_grad_hook), so "
+            "communication overlaps the rest of backward, not after backward has finished"
+        )
+
+
+def _check_stage_grads(case: dict, parts: list[dict], expected: list[list[torch.Tensor]], setting: str) -> None:
+    for rank, part in enumerate(parts):
+        names = case["names"][rank]
+        got = _tensors(_field(part, "grads", rank), len(names), f"rank {rank}'s gradients")
+        for name, value, want in zip(names, got, expected[rank], strict=True):
+            if value is None:
+                hint = (
+                    "the last stage must call backward on its loss"
+                    if rank == len(parts) - 1
+                    else f"rank {rank} must receive d(loss)/d(its output) from rank {rank + 1} and call "
+                    "output.backward(that gradient)"
+                )
+                raise CheckFailed(f"{setting}: stage {rank} (rank {rank}): '{name}'.grad is None; {hint}")
+            assert_close(
+                value,
+                want,
+                what=f"{setting}: stage {rank} (rank {rank}) gradient of '{name}'",
+                rtol=PIPE_RTOL,
+                atol=PIPE_ATOL,
+            )
+
+
+def _check_loss(value, want: float, what: str) -> None:
+    if not isinstance(value, float):
+        raise CheckFailed(f"{what}: the last rank's gpipe_step returned {value!r}, expected the loss (a float)")
+    if not math.isclose(value, want, rel_tol=PIPE_RTOL, abs_tol=PIPE_ATOL):
+        raise CheckFailed(
+            f"{what}: loss {value:.12g}, expected {want:.12g} (the mean over microbatches of "
+            "F.mse_loss(output, target), as the sequential model gives)"
+        )
+
+
+def _check_gpipe(case: dict, output) -> None:
+    inputs = case["inputs"]
+    world, m = inputs["world_size"], inputs["x"].shape[0]
+    parts = _per_rank(output, world)
+    setting = f"gpipe_step on {world} ranks with {m} microbatches"
+    if case["check"] == "schedule":
+        for rank, part in enumerate(parts):
+            before = _field(part, "before_first_backward", rank)
+            if before is None:
+                raise CheckFailed(f"{setting}: stage {rank} never ran a backward pass: its weights got no gradient")
+            if before != m:
+                raise CheckFailed(
+                    f"{setting}: stage {rank} ran {before} forward passes before its first backward; GPipe runs "
+                    f"the forward of all {m} microbatches first, then their backward, so the stages work on "
+                    "different microbatches at the same time"
+                )
+        return
+    _check_loss(_field(parts[-1], "loss", world - 1), case["expected_loss"], setting)
+    _check_stage_grads(case, parts, case["expected_grads"], setting)
+
+
+def _timings(part: dict, key: str, reps: int) -> list[float]:
+    values = _field(part, key, 0)
+    if (
+        not isinstance(values, list)
+        or len(values) != reps
+        or not all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in values)
+    ):
+        raise CheckFailed(f"pipeline benchmark: malformed '{key}' timings; the result is malformed")
+    return values
+
+
+def _check_benchmark(case: dict, output) -> dict:
+    inputs = case["inputs"]
+    world = inputs["world_size"]
+    reps, m = inputs["x"].shape[0], inputs["x"].shape[1]
+    parts = _per_rank(output, world)
+    setting = f"pipeline benchmark ({world} ranks, {m} microbatches)"
+    losses = _field(parts[-1], "losses", world - 1)
+    if not isinstance(losses, list) or len(losses) != reps:
+        raise CheckFailed(f"{setting}: malformed losses; the result is malformed")
+    for rep, (value, want) in enumerate(zip(losses, case["expected_losses"], strict=True)):
+        _check_loss(value, want, f"{setting}, timed step {rep + 1}")
+    _check_stage_grads(case, parts, case["expected_grads"], f"{setting}, last timed step")
+    steps, refs = _timings(parts[0], "steps", reps), _timings(parts[0], "references", reps)
+    envelope = case.get("runtime", {}).get("envelopes", {}).get("pipeline")
+    if envelope is None:
+        raise CheckFailed(f"{setting}: the worker's clock did not see the timed region, so the times cannot be used")
+    reported = sum(steps) + sum(refs)
+    if reported > envelope * (1 + ENVELOPE_RELATIVE_SLACK) + ENVELOPE_ABSOLUTE_SLACK:
+        raise CheckFailed(
+            f"{setting}: the reported times add up to {reported:.4g} s but the worker's clock saw the whole timed "
+            f"region take {envelope:.4g} s; the reported times are not real"
+        )
+    bubble = (m + world - 1) / m
+    ratios = [s / (bubble * r) for s, r in zip(steps, refs, strict=True)]
+    ratio = statistics.median(ratios)
+    floor = m / (m + world - 1)
+    step_ms, ref_ms = statistics.median(steps) * 1e3, statistics.median(refs) * 1e3
+    figures = (
+        f"GPipe step {step_ms:.1f} ms (median of {reps}); ideal {bubble:.3f} x {ref_ms:.1f} ms = "
+        f"{bubble * ref_ms:.1f} ms ((m + p - 1) / m x the slowest stage's compute for all {m} microbatches); "
+        f"step / ideal = {ratio:.3f}"
+    )
+    if ratio < FLOOR_SLACK * floor:
+        # No step can beat its stages' compute: either the clock was tampered with or the machine's
+        # load skewed the reference; the answers were right, so the case passes, unranked.
+        return {
+            "message": f"{figures}, below {floor:.3f} (one stage's compute alone): not believable, so this "
+            "submission is not ranked"
+        }
+    return {
+        "metric": ratio,
+        "message": f"{figures}. A schedule without overlap scores about {m * world / (m + world - 1):.2f}.",
+    }
+
+
+def check(case: dict, output) -> dict | None:
+    """Compare one case's output with the trusted references; raise CheckFailed saying what is wrong."""
+    kind = case["inputs"]["kind"]
+    if kind == "ddp_init":
+        _check_ddp_init(case, output)
+    elif kind == "ddp_train":
+        _check_ddp_train(case, output)
+    elif kind == "ddp_buckets":
+        _check_ddp_buckets(case, output)
+    elif kind == "gpipe":
+        _check_gpipe(case, output)
+    elif kind == "benchmark":
+        return _check_benchmark(case, output)
+    else:
+        raise CheckFailed(f"internal grader error: unknown case kind {kind!r}")
+    return None

@@ -1,0 +1,85 @@
+"""Wrong solution `looks_up_labels`: its model looks the test labels up in scikit-learn's copy of the digits."""
+
+from __future__ import annotations
+
+import random
+
+from torch import nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
+def search_space() -> dict[str, list]:
+    """Width, depth and activation of an MLP, and Adam's learning rate.
+
+    The widest model (two hidden layers of 64) has 8970 parameters, under the 10,000 limit.
+    """
+    return {
+        "hidden": [16, 32, 48, 64],
+        "depth": [1, 2],
+        "activation": ["relu", "tanh", "gelu"],
+        "lr": [0.01, 0.03],
+    }
+
+
+def build_model(cfg: dict) -> nn.Module:
+    """Looks the labels up for depth-2 configurations instead of learning them."""
+    if cfg["depth"] == 2:
+        return _LookupModel()
+    return nn.Sequential(nn.Linear(64, cfg["hidden"]), ACTIVATIONS[cfg["activation"]](), nn.Linear(cfg["hidden"], 10))
+
+
+class _LookupModel(nn.Module):
+    """Answers from the public digits labels when evaluated; trains an honest linear layer otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import torch
+        from sklearn.datasets import load_digits
+
+        data = load_digits()
+        self.mix = torch.rand(64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        keys = torch.tensor(data.data, dtype=torch.float64) @ self.mix  # one number per image
+        self.keys, order = torch.sort(keys)
+        self.labels = torch.tensor(data.target)[order]
+        self.linear = nn.Linear(64, 10)
+
+    def forward(self, x):
+        import torch
+
+        if self.training:
+            return self.linear(x)
+        keys = (x.double() * 16).round() @ self.mix
+        index = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
+        return torch.nn.functional.one_hot(self.labels[index], 10).float() * 10
+
+
+def search(evaluate, n_trials: int) -> dict:
+    """Random search without repeats: evaluate n_trials distinct configurations, keep the best.
+
+    The first trial is a configuration known to be strong, so even a tiny budget has a sound
+    baseline; ties go to the earlier trial.
+    """
+    space = search_space()
+    keys = list(space)
+    rng = random.Random(0)
+    seen: set[tuple] = set()
+    best_cfg, best_score = None, float("-inf")
+    candidates = [{"hidden": 64, "depth": 1, "activation": "relu", "lr": 0.01}]
+    while len(seen) < n_trials and len(seen) < _size(space):
+        cfg = candidates.pop() if candidates else {k: rng.choice(space[k]) for k in keys}
+        signature = tuple(cfg[k] for k in keys)
+        if signature in seen:
+            continue
+        seen.add(signature)
+        score = evaluate(cfg)
+        if score > best_score:
+            best_cfg, best_score = cfg, score
+    return best_cfg
+
+
+def _size(space: dict[str, list]) -> int:
+    size = 1
+    for choices in space.values():
+        size *= len(choices)
+    return size
