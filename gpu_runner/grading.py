@@ -52,6 +52,8 @@ CLEAN_ENV = {
     "USER": "sandbox",
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
+    # c10d warns on every rank of a distributed lab that the sandbox's hostname does not resolve.
+    "TORCH_CPP_LOG_LEVEL": "ERROR",
 }  # no PYTHON* variables: the harness runs with -I, which ignores them (-B and -u say it instead)
 
 
