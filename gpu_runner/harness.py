@@ -55,8 +55,18 @@ def emit(event_type: str, **data) -> None:
 
 
 def _resolve(dotted: str):
-    module_name, _, attr = dotted.rpartition(".")
-    return importlib.import_module(module_name), attr
+    """The object holding the last name, and that name: the longest importable module prefix,
+    then attributes, so ``torch.Tensor.softmax`` (a method) works like ``torch.softmax``."""
+    parts = dotted.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            owner = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:-1]:
+            owner = getattr(owner, name)
+        return owner, parts[-1]
+    raise ImportError(f"cannot resolve the forbidden name {dotted!r}")
 
 
 class Harness:

@@ -174,3 +174,21 @@ def test_file_not_allowed_by_the_lab_is_an_error_not_a_crash():
     result, _ = grade_source(CORRECT, extra={"evil.py": "x = 1"})
     assert result["verdict"] == "error"
     assert "not allowed" in result["summary"]
+
+
+def test_forbidden_names_may_be_methods_of_classes():
+    import torch
+
+    from gpu_runner.harness import Harness, _resolve
+
+    assert _resolve("torch.nn.functional.linear") == (torch.nn.functional, "linear")
+    assert _resolve("torch.Tensor.softmax") == (torch.Tensor, "softmax")
+    harness = Harness(["torch.Tensor.softmax"])
+    original = torch.Tensor.softmax
+    try:
+        harness.patch()
+        with pytest.raises(Exception, match=r"forbidden call: softmax\(\)|forbidden call: torch.Tensor.softmax"):
+            torch.ones(3).softmax(0)
+        assert harness.original("torch.Tensor.softmax") is original
+    finally:
+        torch.Tensor.softmax = original
