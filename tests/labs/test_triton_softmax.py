@@ -30,6 +30,12 @@ def test_cases_score_out_of_100_on_every_worker_and_send_no_references(device):
         assert set(case["inputs"]) <= {"kind", "x", "cols", "y", "dy"}, case["name"]
 
 
+def test_forward_cases_differ_in_shape_or_dtype_so_a_cache_by_shape_meets_only_the_benchmark():
+    forward = [c for c in grader.cases(7, device="cuda") if c["inputs"]["kind"] in ("forward", "autograd")]
+    keys = [(tuple(c["inputs"]["x"].shape), c["inputs"].get("cols"), c["inputs"]["x"].dtype) for c in forward]
+    assert len(set(keys)) == len(keys)
+
+
 def test_hard_inputs_are_what_the_readme_promises():
     cases = by_name()
     assert cases["shifted_by_1000"]["inputs"]["x"].min() > 980
