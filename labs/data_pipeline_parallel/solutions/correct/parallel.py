@@ -4,7 +4,8 @@
 post-accumulate hook counts down its bucket, and a full bucket is flattened and all-reduced
 asynchronously; a callback queued on the autograd engine waits for every bucket at the end of
 backward and writes the averages back. ``gpipe_step`` runs GPipe's schedule: every microbatch's
-forward, then every microbatch's backward, activations going right and gradients going left.
+forward, then every microbatch's backward, activations going right and gradients going left,
+with every receive posted up front so that no message waits for its receiver.
 """
 
 from __future__ import annotations
@@ -87,41 +88,47 @@ def _recv_shape(src: int) -> list[int]:
 def gpipe_step(stage: nn.Module, microbatches: list, rank: int, world: int) -> float | None:
     first, last = rank == 0, rank == world - 1
     m = len(microbatches)
+    if not first:
+        # Every microbatch has the same shape: one header per step, then every receive is posted
+        # at once, so each activation moves as soon as rank - 1 sends it (gloo sends only once the
+        # matching receive is posted: a receive posted late costs a round trip on the critical path).
+        shape = _recv_shape(rank - 1)
+        arriving = [torch.empty(shape, dtype=torch.float64) for _ in range(m)]
+        arrivals = [dist.irecv(buffer, rank - 1) for buffer in arriving]
     inputs: list[torch.Tensor] = []
     outputs: list[torch.Tensor] = []
-    pending = []
-    shape = None
+    grads: list[torch.Tensor] = []
+    grad_arrivals: dict[int, object] = {}
+    sends = []
     for i, (x, _) in enumerate(microbatches):
         if first:
             inp = x
         else:
-            if i == 0:  # every microbatch has the same shape: one header per step is enough
-                shape = _recv_shape(rank - 1)
-            inp = torch.empty(shape, dtype=torch.float64)
-            dist.recv(inp, rank - 1)
-            inp.requires_grad_()
+            arrivals[i].wait()
+            inp = arriving[i].requires_grad_()
         out = stage(inp)
         if not last:
             if i == 0:
                 _send_shape(out, rank + 1)
+                # The gradients come back in reverse order: post their receives in that order.
+                grads = [torch.empty_like(out) for _ in range(m)]
+                grad_arrivals = {j: dist.irecv(grads[j], rank + 1) for j in reversed(range(m))}
             activation = out.detach()
-            pending.append((dist.isend(activation, rank + 1), activation))
+            sends.append((dist.isend(activation, rank + 1), activation))
         inputs.append(inp)
         outputs.append(out)
     total = 0.0
     for i in reversed(range(m)):
-        out = outputs[i]
         if last:
-            loss = F.mse_loss(out, microbatches[i][1]) / m
+            loss = F.mse_loss(outputs[i], microbatches[i][1]) / m
             total += loss.item()
             loss.backward()
         else:
-            grad = torch.empty_like(out)
-            dist.recv(grad, rank + 1)
-            out.backward(grad)
+            grad_arrivals[i].wait()
+            outputs[i].backward(grads[i])
         if not first:
             grad_in = inputs[i].grad
-            pending.append((dist.isend(grad_in, rank - 1), grad_in))
-    for work, _tensor in pending:  # the tensor must live until its send completes
+            sends.append((dist.isend(grad_in, rank - 1), grad_in))
+    for work, _tensor in sends:  # a tensor must live until its send completes
         work.wait()
     return total if last else None
