@@ -20,8 +20,9 @@ template <typename scalar_t>
 static void matmul_blocked(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
                            scalar_t* __restrict__ c, int64_t M, int64_t K, int64_t N) {
   // c is zero on entry. Each c[i][j] sums its k's in increasing order whatever the blocking.
-  for (int64_t i0 = 0; i0 < M; i0 += BLOCK_M) {
-    const int64_t i1 = std::min(M, i0 + BLOCK_M);
+  const int64_t row_tiles = (M + BLOCK_M - 1) / BLOCK_M;  // rounded up: the last tile may be partial
+  for (int64_t tile = 0; tile < row_tiles; ++tile) {
+    const int64_t i0 = tile * BLOCK_M, i1 = std::min(M, i0 + BLOCK_M);
     for (int64_t k0 = 0; k0 < K; k0 += BLOCK_K) {
       const int64_t k1 = std::min(K, k0 + BLOCK_K);
       for (int64_t j0 = 0; j0 < N; j0 += BLOCK_N) {

@@ -1,5 +1,6 @@
-"""WRONG on purpose (torch_does_the_math): the CPU path is done with torch's broadcasting (a[:, :, None] *
-b[None]).sum(1): no matmul function is called, but torch does the arithmetic, not the extension."""
+"""WRONG on purpose (torch_does_the_math): the extension is built but never called: matmul uses torch's
+broadcasting, (a[:, :, None] * b[None]).sum(1). No matmul function is called, but torch does the
+arithmetic, not the student's code."""
 
 import torch
 from torch.utils.cpp_extension import load_inline
@@ -20,8 +21,9 @@ template <typename scalar_t>
 static void matmul_blocked(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
                            scalar_t* __restrict__ c, int64_t M, int64_t K, int64_t N) {
   // c is zero on entry. Each c[i][j] sums its k's in increasing order whatever the blocking.
-  for (int64_t i0 = 0; i0 < M; i0 += BLOCK_M) {
-    const int64_t i1 = std::min(M, i0 + BLOCK_M);
+  const int64_t row_tiles = (M + BLOCK_M - 1) / BLOCK_M;  // rounded up: the last tile may be partial
+  for (int64_t tile = 0; tile < row_tiles; ++tile) {
+    const int64_t i0 = tile * BLOCK_M, i1 = std::min(M, i0 + BLOCK_M);
     for (int64_t k0 = 0; k0 < K; k0 += BLOCK_K) {
       const int64_t k1 = std::min(K, k0 + BLOCK_K);
       for (int64_t j0 = 0; j0 < N; j0 += BLOCK_N) {
@@ -162,9 +164,6 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"matmul: cannot multiply {tuple(a.shape)} by {tuple(b.shape)}")
     if a.device != b.device:
         raise ValueError(f"matmul: tensors on {a.device} and {b.device}")
-    a, b = a.detach(), b.detach()
-    if a.is_cuda:
-        return _ext.matmul_cuda(a, b)
     return (a[:, :, None] * b[None, :, :]).sum(dim=1)  # no torch.mm needed
 
 

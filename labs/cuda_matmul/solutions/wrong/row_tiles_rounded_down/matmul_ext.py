@@ -1,6 +1,6 @@
-"""WRONG on purpose (full_tiles_only): the loops over k stop at the last full tile (k0 + TILE <= K
-instead of k0 < K), so the partial last tile of K is never added: right when K is a multiple of
-the tile (128^3), wrong on every other shape."""
+"""WRONG on purpose (row_tiles_rounded_down): the number of row tiles is M / TILE, rounded down, both in the
+C++ loop and in the CUDA grid: the rows of the last, partial tile are never computed. Right when M
+is a multiple of the tile (128^3), wrong on every other shape."""
 
 import torch
 from torch.utils.cpp_extension import load_inline
@@ -21,9 +21,10 @@ template <typename scalar_t>
 static void matmul_blocked(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
                            scalar_t* __restrict__ c, int64_t M, int64_t K, int64_t N) {
   // c is zero on entry. Each c[i][j] sums its k's in increasing order whatever the blocking.
-  for (int64_t i0 = 0; i0 < M; i0 += BLOCK_M) {
-    const int64_t i1 = std::min(M, i0 + BLOCK_M);
-    for (int64_t k0 = 0; k0 + BLOCK_K <= K; k0 += BLOCK_K) {
+  const int64_t row_tiles = M / BLOCK_M;
+  for (int64_t tile = 0; tile < row_tiles; ++tile) {
+    const int64_t i0 = tile * BLOCK_M, i1 = std::min(M, i0 + BLOCK_M);
+    for (int64_t k0 = 0; k0 < K; k0 += BLOCK_K) {
       const int64_t k1 = std::min(K, k0 + BLOCK_K);
       for (int64_t j0 = 0; j0 < N; j0 += BLOCK_N) {
         const int64_t j1 = std::min(N, j0 + BLOCK_N);
@@ -88,7 +89,7 @@ __global__ void matmul_tiled(const scalar_t* __restrict__ a, const scalar_t* __r
 #pragma unroll
   for (int r = 0; r < ROWS; ++r) acc[r] = scalar_t(0);
 
-  for (int64_t k0 = 0; k0 + TILE <= K; k0 += TILE) {
+  for (int64_t k0 = 0; k0 < K; k0 += TILE) {
     // Stage one tile of a and one of b; elements past the edges of M, K or N are zeros, so the
     // product loop below needs no bounds checks.
 #pragma unroll
@@ -131,7 +132,7 @@ torch::Tensor matmul_cuda(torch::Tensor a, torch::Tensor b) {
   if (K == 0) return c.zero_();
   const dim3 block(TILE, THREAD_ROWS);
   const dim3 grid(static_cast<unsigned>((N + TILE - 1) / TILE),
-                  static_cast<unsigned>((M + TILE - 1) / TILE));
+                  static_cast<unsigned>(M / TILE));
   TORCH_CHECK(grid.y <= 65535, "matmul_cuda: too many rows");
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "matmul_cuda", [&] {
