@@ -89,12 +89,12 @@ def restore(folder: sandbox.JobFolder, key: str) -> bool:
         return False
     files = []
     for item in manifest.get("files", []):
-        relative = Path(item["path"])
+        relative = Path(str(item.get("path", "")))
         if relative.is_absolute() or ".." in relative.parts:
             return False
         try:
-            files.append((relative, (entry / "files" / relative).read_bytes(), float(item["mtime"])))
-        except OSError:
+            files.append((relative, (entry / "files" / relative).read_bytes(), int(item["mtime_ns"])))
+        except (OSError, KeyError, TypeError, ValueError):  # gone, or written by an older worker
             return False
     folder.write_box_tree(EXTENSIONS_DIR, files)
     os.utime(manifest_path)  # recently used
@@ -119,7 +119,9 @@ def save(folder: sandbox.JobFolder, key: str) -> bool:
             target = staging / "files" / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-        manifest = {"files": [{"path": str(p), "mtime": m} for p, _, m in files], "saved_at": time.time()}
+        # Nanoseconds: ninja compares them with what .ninja_deps recorded, and a time restored even
+        # a few ns later than recorded makes it rebuild.
+        manifest = {"files": [{"path": str(p), "mtime_ns": m} for p, _, m in files], "saved_at": time.time()}
         (staging / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
         if entry.exists():
             shutil.rmtree(entry, ignore_errors=True)
@@ -131,7 +133,7 @@ def save(folder: sandbox.JobFolder, key: str) -> bool:
     return True
 
 
-def _collect(folder: sandbox.JobFolder) -> list[tuple[Path, bytes, float]] | None:
+def _collect(folder: sandbox.JobFolder) -> list[tuple[Path, bytes, int]] | None:
     root = folder.box / EXTENSIONS_DIR
     if not root.is_dir() or root.is_symlink():
         return None
@@ -151,11 +153,11 @@ def _collect(folder: sandbox.JobFolder) -> list[tuple[Path, bytes, float]] | Non
                 data = folder.read_box_file(EXTENSIONS_DIR, *relative.parts, max_bytes=MAX_ENTRY_BYTES)
             except (OSError, sandbox.UnsafeFile):
                 return None
-            found.append((relative, data, info.st_mtime))
+            found.append((relative, data, info.st_mtime_ns))
     return found
 
 
-def _unchanged(entry: Path, files: list[tuple[Path, bytes, float]]) -> bool:
+def _unchanged(entry: Path, files: list[tuple[Path, bytes, int]]) -> bool:
     for relative, data, _ in files:
         try:
             if (entry / "files" / relative).read_bytes() != data:

@@ -496,9 +496,9 @@ class JobFolder:
             f.write(data)
         return name
 
-    def write_box_tree(self, name: str, files: list[tuple[Path, bytes, float]]) -> None:
+    def write_box_tree(self, name: str, files: list[tuple[Path, bytes, int]]) -> None:
         """Before the job starts: create folder ``name`` in the job folder holding ``files``
-        (relative path, bytes, modification time), all writable by the job, times preserved."""
+        (relative path, bytes, modification time in ns), all writable by the job, times preserved."""
         root = self.box / name
         root.mkdir(mode=0o755)
         created = [root]
@@ -513,7 +513,7 @@ class JobFolder:
             path.chmod(0o755 if path.suffix == ".so" else 0o644)
             if self.owner:
                 os.chown(path, *self.owner)
-            os.utime(path, (mtime, mtime))
+            os.utime(path, ns=(mtime, mtime))
         if self.owner:
             for folder in created:
                 os.chown(folder, *self.owner)

@@ -48,7 +48,7 @@ def _build(folder: sandbox.JobFolder) -> Path:
         (ext / name).write_bytes(data)
     (ext / "my_ext.so").write_bytes(b"\x7fELF-library")
     (ext / "lock").write_bytes(b"")
-    os.utime(ext / "main.cpp", (1_000_000, 1_000_000))
+    os.utime(ext / "main.cpp", ns=(1_795_285_098_622_148_961,) * 2)  # ninja compares nanoseconds
     return ext
 
 
@@ -65,7 +65,7 @@ def test_a_build_is_saved_and_restored_with_its_times_and_without_its_lock(cache
         assert compile_cache.restore(second, "k" * 64)
         ext = second.box / compile_cache.EXTENSIONS_DIR / "my_ext"
         assert (ext / "my_ext.so").read_bytes() == b"\x7fELF-library"
-        assert (ext / "main.cpp").stat().st_mtime == 1_000_000  # ninja sees it up to date
+        assert (ext / "main.cpp").stat().st_mtime_ns == 1_795_285_098_622_148_961  # ninja sees it up to date
         assert not (ext / "lock").exists()  # a stale lock would make the next build wait forever
         if second.owner:
             assert (ext / "main.o").stat().st_uid == second.owner[0]  # the job may rebuild over it
