@@ -56,7 +56,7 @@ def test_malformed_lab_toml_is_refused_with_what_to_fix(tmp_path, edit, message)
 
 
 def test_unknown_lab_names_the_known_ones():
-    with pytest.raises(LabError, match="no lab 'nope'.*known: custom_op"):
+    with pytest.raises(LabError, match="no lab 'nope'.*known: .*custom_op, data_pipeline_parallel"):
         find_lab("nope")
 
 
