@@ -34,7 +34,7 @@ def _ring_sum(rank, world_size, value):
     return {"rank": rank, "total": final}
 
 
-def _children_left() -> list[int]:
+def _children() -> set[int]:
     """This process's children, zombies included (a reaped child leaves no entry at all)."""
     me, found = str(os.getpid()), []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -44,16 +44,23 @@ def _children_left() -> list[int]:
             continue
         if fields[1] == me:
             found.append(int(stat.parent.name))
-    return found
+    return set(found)
+
+
+@pytest.fixture
+def no_child_left():
+    """Fails the test if spawn left a child of this process behind (earlier tests' are ignored)."""
+    before = _children()
+    yield
+    assert not _children() - before
 
 
 @pytest.mark.parametrize("world_size", [2, 3, 4])
-def test_every_rank_runs_in_one_group_and_results_come_back_in_rank_order(world_size):
+def test_every_rank_runs_in_one_group_and_results_come_back_in_rank_order(world_size, no_child_left):
     results = ranks.spawn(_ring_sum, world_size, args=(2.0,), timeout=30)
     expected = 2.0 * world_size * (world_size + 1) / 2
     assert [r["rank"] for r in results] == list(range(world_size))
     assert all(r["total"].item() == expected for r in results)
-    assert not _children_left()
 
 
 def _one_raises(rank, world_size):
@@ -64,14 +71,13 @@ def _one_raises(rank, world_size):
     return incoming
 
 
-def test_a_raising_rank_is_named_as_the_cause_not_its_peers():
+def test_a_raising_rank_is_named_as_the_cause_not_its_peers(no_child_left):
     with pytest.raises(ranks.RankFailed) as caught:
         ranks.spawn(_one_raises, 3, timeout=30)
     message = str(caught.value)
     assert message.startswith("rank 1 of 3: raised ValueError: rank one gave up")
     assert "rank 0: lost its connection to a failed rank" in message
     assert set(caught.value.failures) == {0, 1, 2}
-    assert not _children_left()
 
 
 def _one_dies(rank, world_size):
@@ -82,10 +88,9 @@ def _one_dies(rank, world_size):
     return incoming
 
 
-def test_a_rank_that_dies_is_reported_with_its_exit_code():
+def test_a_rank_that_dies_is_reported_with_its_exit_code(no_child_left):
     with pytest.raises(ranks.RankFailed, match=r"^rank 0 of 2: exited with code 7 without returning"):
         ranks.spawn(_one_dies, 2, timeout=30)
-    assert not _children_left()
 
 
 def _one_hangs(rank, world_size):
@@ -94,18 +99,17 @@ def _one_hangs(rank, world_size):
     return rank
 
 
-def test_a_hanging_rank_fails_the_group_at_the_deadline_and_is_killed():
+def test_a_hanging_rank_fails_the_group_at_the_deadline_and_is_killed(no_child_left):
     started = time.monotonic()
     with pytest.raises(ranks.RankFailed, match=r"^rank 2 of 3: did not finish in time \(a hang\?"):
         ranks.spawn(_one_hangs, 3, timeout=3)
     assert time.monotonic() - started < 30  # the deadline, not the sleep
-    assert not _children_left()
 
 
 def _returns_a_function(rank, world_size):
     return {"not data": _returns_a_function}
 
 
-def test_results_that_are_not_plain_data_fail_with_a_message():
+def test_results_that_are_not_plain_data_fail_with_a_message(no_child_left):
     with pytest.raises(ranks.RankFailed, match="returned data that cannot be sent back"):
         ranks.spawn(_returns_a_function, 2, timeout=30)
