@@ -41,11 +41,11 @@ def bare(code: str) -> float:
 def sandboxed(cfg: sandbox.Config, code: str) -> float:
     limits = Limits().as_dict()
     started = time.perf_counter()
-    folder = sandbox.JobFolder.create("bench", config=cfg, disk_mb=limits["disk_mb"])
+    folder = sandbox.create_job_folder("bench", config=cfg, disk_mb=limits["disk_mb"])
     box = sandbox.Sandbox(cfg, folder, limits)
     try:
         subprocess.run(
-            box.argv([cfg.python_inside, "-I", "-c", code]),
+            box.argv([cfg.python_inside, "-I", "-c", code])[0],
             env=ENV,
             cwd=folder.root,
             preexec_fn=box.preexec,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from gpu_runner.events import TerminalSink
 from gpu_runner.grading import grade
+from gpu_runner.text import for_terminal
 from labs.catalog import LabError, find_lab, load_lab
 
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         shown = {k: result[k] for k in ("verdict", "reason", "score", "metric", "summary", "tests")}
         print(json.dumps(shown, indent=2))
     else:
-        print(f"{result['verdict']}: score {result['score']:g}/100. {result['summary']}")
+        print(for_terminal(f"{result['verdict']}: score {result['score']:g}/100. {result['summary']}"))
     return 0 if result["verdict"] == "succeeded" else 1
 
 
@@ -86,11 +87,11 @@ def _check(parser: argparse.ArgumentParser, args) -> int:
             )
             print(line, file=sys.stderr, flush=True)
             for problem in check.problems:
-                print(f"       - {problem}", file=sys.stderr, flush=True)
+                print(for_terminal(f"       - {problem}"), file=sys.stderr, flush=True)
 
         problems, checks = check_lab(lab, seed=args.seed, only=args.only, on_checked=show)
         for problem in problems:
-            print(f"  FAIL {problem}", file=sys.stderr)
+            print(for_terminal(f"  FAIL {problem}"), file=sys.stderr)
         failed += len(problems) + sum(not c.ok for c in checks)
         reports.append({"lab": lab.slug, "problems": problems, "solutions": [c.as_dict() for c in checks]})
     if args.json:

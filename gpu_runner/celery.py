@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 from celery import Celery
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+from gpu_runner import settings
 
-app = Celery("gpu_runner", broker=REDIS_URL, include=["gpu_runner.tasks"])
+app = Celery("gpu_runner", broker=settings.current().redis_url, include=["gpu_runner.tasks"])
 app.conf.update(
     task_serializer="json",
     accept_content=["json"],

@@ -13,6 +13,8 @@ import time
 
 import redis
 
+from gpu_runner.text import for_terminal
+
 STREAM_MAXLEN = 20_000
 STREAM_TTL_SECONDS = 24 * 3600
 
@@ -58,7 +60,8 @@ class RedisStreamSink(EventSink):
 
 
 class TerminalSink(EventSink):
-    """Shows a job's progress on stderr, for graders working without the web."""
+    """Shows a job's progress on stderr, for graders working without the web; what the job wrote
+    is shown with its control characters written out, never obeyed by the terminal."""
 
     def __init__(self, stream=sys.stderr, quiet: bool = False) -> None:
         super().__init__()
@@ -70,11 +73,13 @@ class TerminalSink(EventSink):
             return
         data = event["data"]
         if event["type"] == "log":
-            self.stream.write(data["text"])
+            self.stream.write(for_terminal(data["text"]))
         elif event["type"] == "test":
             mark = "PASS" if data["outcome"] == "passed" else "FAIL"
             message = f": {data['message']}" if data.get("message") else ""
-            self.stream.write(f"[{mark}] {data['name']}{message}\n")
+            self.stream.write(for_terminal(f"[{mark}] {data['name']}{message}") + "\n")
         elif event["type"] == "status":
-            self.stream.write(f"-- {data['state']}{': ' + data['detail'] if data.get('detail') else ''}\n")
+            self.stream.write(
+                for_terminal(f"-- {data['state']}{': ' + data['detail'] if data.get('detail') else ''}") + "\n"
+            )
         self.stream.flush()

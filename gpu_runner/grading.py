@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import inspect
 import io
+import math
 import re
 import socket
 import textwrap
@@ -22,8 +23,10 @@ from pathlib import Path
 
 import torch
 
-from gpu_runner import compile_cache, launcher, sandbox
+from gpu_runner import compile_cache, launcher, outputs, sandbox
 from gpu_runner.events import EventSink
+from gpu_runner.jobfolder import JobFolder, UnsafeFile
+from gpu_runner.text import bounded
 from kernels import devices
 from labs.catalog import Lab, LabError, find_lab
 from labs.grading import CheckFailed
@@ -39,9 +42,17 @@ RUNNER_LIBRARY = {
     "lib/labs/__init__.py": LABS / "__init__.py",
     "lib/labs/ranks.py": LABS / "ranks.py",
 }
-MAX_OUTPUT_FILE_BYTES = 64 * 1024 * 1024
-# The job's extension folder in a compiler message: "/job/.torch_extensions/ext/main.cpp:5:3" -> "main.cpp:5:3"
-BUILD_PATH = re.compile(r"/\S*/((?:main\.cpp|cuda\.cu|[\w.-]+\.(?:cpp|cu|h|cuh)))(?=[:\s]|$)")
+# A source file at the end of a path in a compiler message: "/job/.torch_extensions/ext/main.cpp:5:3"
+# is shown as "main.cpp:5:3". Matched per whitespace-free token, so the work is linear in the text.
+SOURCE_NAME = re.compile(r"[\w.-]+\.(?:cpp|cu|h|cuh)(?=[:\s]|$)")
+TOKEN = re.compile(r"\S+")
+# Text from the job (error messages, tracebacks, what a check quotes of an output) is cut to these
+# lengths before it is kept, stored or shown, whatever the harness in the sandbox claims to have cut.
+MAX_MESSAGE_CHARS = 4000
+MAX_SUMMARY_CHARS = 8000
+MAX_COMPILER_CHARS = 16000
+MAX_LABEL_CHARS = 64  # a timed batch's label
+MAX_BATCHES_PER_CASE = 16
 DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 RESULT_TAIL_CHARS = 2000
 UNRANKED_NO_GPU = "no GPU worker"  # why a correct GPU-lab result carries no metric
@@ -68,6 +79,9 @@ class TestOutcome:
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("name", "points", "outcome", "message", "duration")}
 
+    def settle(self, outcome: str, message: str) -> None:
+        self.outcome, self.message = outcome, bounded(message, MAX_MESSAGE_CHARS)
+
 
 @dataclass
 class Grading:
@@ -78,11 +92,12 @@ class Grading:
     sink: EventSink
     cases: list[dict]
     tests: list[TestOutcome]
-    folder: sandbox.JobFolder
+    folder: JobFolder
     grader: object
     limits: dict
     config: sandbox.Config
     device: str = "cpu"  # where the job's kernels run: "cuda" on a GPU worker, else "cpu"
+    owner: str = ""  # the student, whose own later jobs alone may reuse builds this job made
     build_key: str | None = None  # the compile cache key of the submission's extension sources
     build_cache: str | None = None  # "hit" or "miss" when the submission builds an extension
     metric: float | None = None
@@ -126,7 +141,7 @@ def _grade(message: dict, sink: EventSink, lab: Lab | None) -> dict:
     try:
         outcome = start(grading)
         if grading.build_key and grading.build_cache == "miss":
-            compile_cache.save(grading.folder, grading.build_key)
+            compile_cache.save(grading.folder, grading.build_key, owner=grading.owner)
         return report(grading, outcome, message)
     except Exception:  # noqa: BLE001
         return _infrastructure_error(message, sink, marks, "grading failed:\n" + traceback.format_exc())
@@ -152,14 +167,17 @@ def prepare(message: dict, sink: EventSink, *, lab: Lab | None = None) -> Gradin
         raise LabError(f"files {unknown} are not allowed by the lab (allowed: {list(lab.allowed_files)})")
     config = sandbox.config()
     limits = {**lab.limits.as_dict(), **message.get("limits", {})}
-    folder = sandbox.JobFolder.create(message["job_id"], config=config, disk_mb=int(limits["disk_mb"]))
+    folder = sandbox.create_job_folder(message["job_id"], config=config, disk_mb=int(limits["disk_mb"]))
     for name, text in message["files"].items():
         folder.write_box_file(name, text.encode("utf-8"))
     folder.add_runner_file("harness.py", HARNESS.read_text(encoding="utf-8"))
     folder.add_runner_file("lab_run.py", textwrap.dedent(inspect.getsource(grader.run)))
     for name, source in RUNNER_LIBRARY.items():
         folder.add_runner_file(name, source.read_text(encoding="utf-8"))
-    build_key = compile_cache.source_key(message["files"], owner=str(message.get("owner", "")), device=device)
+    owner = str(message.get("owner", ""))
+    build_key = (
+        compile_cache.source_key(message["files"], owner=owner, device=device) if lab.builds_extensions else None
+    )
     build_cache = None
     if build_key:
         build_cache = "hit" if compile_cache.restore(folder, build_key) else "miss"
@@ -168,6 +186,7 @@ def prepare(message: dict, sink: EventSink, *, lab: Lab | None = None) -> Gradin
     tests = [TestOutcome(name=c["name"], points=float(c.get("points", 1.0))) for c in cases]
     sink.publish("progress", {"phase": "tests", "done": 0, "total": len(cases)})
     return Grading(
+        owner=owner,
         build_key=build_key,
         build_cache=build_cache,
         job_id=message["job_id"],
@@ -241,10 +260,13 @@ def collect(grading: Grading, event: dict) -> bytes | None:
         if any(t.outcome == "failed" for t in grading.tests):
             return b"skip\n"  # correctness first: a wrong kernel's speed is worth nothing
         batch = grading.batches.setdefault(grading.current_case, {})
-        batch[str(event.get("label"))] = {"begin": time.monotonic()}
+        label = str(event.get("label"))[:MAX_LABEL_CHARS]
+        if label not in batch and len(batch) >= MAX_BATCHES_PER_CASE:
+            return b"skip\n"
+        batch[label] = {"begin": time.monotonic()}
         return b"begin\n"
     elif kind == "bench_end" and grading.current_case is not None:
-        entry = grading.batches.get(grading.current_case, {}).get(str(event.get("label")))
+        entry = grading.batches.get(grading.current_case, {}).get(str(event.get("label"))[:MAX_LABEL_CHARS])
         if entry is not None and "end" not in entry:
             entry["end"] = time.monotonic()
     elif kind == "case_done" and isinstance(event.get("index"), int) and 0 <= event["index"] < len(grading.cases):
@@ -277,60 +299,67 @@ def _check_case(grading: Grading, index: int, duration: float) -> None:
     test = grading.tests[index]
     if test.outcome != "not_run":
         return  # each case is checked once, however often the channel repeats itself
-    test.duration = round(duration, 4)
+    test.duration = round(duration, 4) if isinstance(duration, float) and 0 <= duration < 1e6 else 0.0
     record = _read_output(grading, index)
     if not record.get("ok"):
-        error = record.get("error") if isinstance(record.get("error"), dict) else {}
+        error = record["error"]
         grading.case_errors.append(error)
-        test.outcome, test.message = "failed", _describe_error(error)
+        test.settle("failed", _describe_error(error))
     else:
         try:
             case = grading.cases[index]
             if "benchmark" in case or index in grading.batches:
                 case = {**case, "runtime": _runtime(grading, index)}
             verdict = grading.grader.check(case, record.get("value"))
-            test.outcome = "passed"
+            message = verdict.get("message") if isinstance(verdict, dict) else None
+            test.settle("passed", message if isinstance(message, str) else "")
             if isinstance(verdict, dict) and isinstance(verdict.get("metric"), (int, float)):
                 grading.metric = float(verdict["metric"])
-            if isinstance(verdict, dict) and isinstance(verdict.get("message"), str):
-                test.message = verdict["message"]
         except CheckFailed as exc:
-            test.outcome, test.message = "failed", str(exc)
+            test.settle("failed", str(exc))
         except Exception as exc:  # noqa: BLE001 - malformed output tripping the checker
-            test.outcome, test.message = "failed", f"the output could not be checked: {type(exc).__name__}: {exc}"
+            test.settle("failed", f"the output could not be checked: {type(exc).__name__}: {bounded(exc, 500)}")
     grading.sink.publish("test", test.as_dict())
     done = sum(t.outcome != "not_run" for t in grading.tests)
     grading.sink.publish("progress", {"phase": "tests", "done": done, "total": len(grading.tests)})
 
 
 def _read_output(grading: Grading, index: int | str) -> dict:
+    """The record the harness saved for case ``index`` (or "import"), checked and bounded:
+    ``{"ok": True, "value": ...}`` or ``{"ok": False, "error": {...}}`` with the error's fields cut."""
     try:
-        data = grading.folder.read_box_file("_outputs", f"{index}.pt", max_bytes=MAX_OUTPUT_FILE_BYTES)
-        record = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        data = grading.folder.read_box_file("_outputs", f"{index}.pt", max_bytes=outputs.MAX_FILE_BYTES)
+        record = outputs.load(data)
     except FileNotFoundError:
-        return {"ok": False, "error": {"type": "NoOutput", "message": "the harness wrote no output for this case"}}
-    except sandbox.UnsafeFile as exc:
-        return {"ok": False, "error": {"type": "BadOutput", "message": f"the output was not readable: {exc}"}}
-    except Exception as exc:  # noqa: BLE001 - a subclass, a pickle trick, a truncated file
-        return {
-            "ok": False,
-            "error": {
-                "type": "BadOutput",
-                "message": "run() returned something other than plain tensors, numbers, strings, lists and dicts "
-                f"({type(exc).__name__}: {str(exc)[:300]})",
-            },
-        }
-    return (
-        record
-        if isinstance(record, dict)
-        else {"ok": False, "error": {"type": "BadOutput", "message": "malformed output"}}
-    )
+        return _failure("NoOutput", "the harness wrote no output for this case")
+    except (UnsafeFile, outputs.BadOutput) as exc:
+        return _failure("BadOutput", f"the output was not readable: {exc}")
+    if not isinstance(record, dict) or not isinstance(record.get("ok"), bool):
+        return _failure("BadOutput", "malformed output")
+    if record["ok"]:
+        return {"ok": True, "value": record.get("value")}
+    error = record.get("error") if isinstance(record.get("error"), dict) else {}
+    code = error.get("errno")
+    return {
+        "ok": False,
+        "error": {
+            "type": bounded(error.get("type", "an error"), 100),
+            "message": bounded(error.get("message", ""), MAX_COMPILER_CHARS),
+            "traceback": bounded(error.get("traceback", ""), MAX_MESSAGE_CHARS),
+            "forbidden": bounded(error.get("forbidden") or "", 200),
+            "errno": code if isinstance(code, int) and not isinstance(code, bool) else None,
+        },
+    }
+
+
+def _failure(kind: str, message: str) -> dict:
+    return {"ok": False, "error": {"type": kind, "message": message, "traceback": "", "forbidden": "", "errno": None}}
 
 
 def _describe_error(error: dict) -> str:
     if error.get("forbidden"):
-        return error.get("message", "forbidden call")
-    text = f"raised {error.get('type', 'an error')}: {error.get('message', '')}"
+        return bounded(error.get("message") or "forbidden call", MAX_MESSAGE_CHARS)
+    text = f"raised {error.get('type', 'an error')}: {bounded(error.get('message', ''), MAX_MESSAGE_CHARS // 2)}"
     if error.get("traceback"):
         text += "\n" + _student_frames(error["traceback"])
     return text
@@ -344,10 +373,11 @@ def _student_frames(trace: str) -> str:
 
 def report(grading: Grading, outcome: launcher.ProcessOutcome, message: dict) -> dict:
     verdict, reason, summary = _verdict(grading, outcome)
+    summary = bounded(summary, MAX_SUMMARY_CHARS)
     tests = grading.tests
     for test in tests:
         if test.outcome == "not_run":
-            test.outcome, test.message = "failed", f"not run: the job stopped first ({reason.replace('_', ' ')})"
+            test.settle("failed", f"not run: the job stopped first ({reason.replace('_', ' ')})")
             grading.sink.publish("test", test.as_dict())
     total = sum(t.points for t in tests)
     score = round(100.0 * sum(t.points for t in tests if t.outcome == "passed") / total, 2) if total else 0.0
@@ -358,14 +388,14 @@ def report(grading: Grading, outcome: launcher.ProcessOutcome, message: dict) ->
         "verdict": verdict,
         "reason": reason,
         "score": score,
-        "metric": grading.metric if verdict == "succeeded" else None,
+        "metric": grading.metric if verdict == "succeeded" and _finite(grading.metric) else None,
         "summary": summary,
         "tests": [t.as_dict() for t in tests],
         "output_tail": outcome.output_tail,
         "worker": socket.gethostname(),
         "lab_version": grading.lab.version,
         "timings": _timings(marks, message, finished_at),
-        "ranked": verdict == "succeeded" and grading.metric is not None,
+        "ranked": verdict == "succeeded" and _finite(grading.metric),
     }
     if verdict == "succeeded" and grading.lab.is_gpu and grading.device != "cuda":
         result["unranked"] = UNRANKED_NO_GPU
@@ -379,6 +409,10 @@ def report(grading: Grading, outcome: launcher.ProcessOutcome, message: dict) ->
         },
     )
     return result
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
 
 
 def _verdict(grading: Grading, outcome: launcher.ProcessOutcome) -> tuple[str, str, str]:
@@ -460,20 +494,33 @@ def compiler_errors(message: str, *, max_lines: int = 40) -> str:
     """The compiler's complaint from torch's "Error building extension" message, or "".
 
     Build paths are cut down to file names, and the compiler command lines (long, and the
-    student's to ignore) are dropped; what is left are the error lines with their context.
+    student's to ignore) are dropped; what is left are the error lines with their context. The
+    message comes from the job: it is cut to ``MAX_COMPILER_CHARS`` and each line to 400
+    characters first, and parsed one token at a time, in time linear in its length.
     """
     if "Error building extension" not in message:
         return ""
     kept = []
-    for line in message.splitlines():
+    for line in bounded(message, MAX_COMPILER_CHARS).splitlines():
+        line = line[:400]
         if line.startswith(("[", "FAILED:", "ninja:")) or " -c " in line or line.strip().startswith(("c++ ", "nvcc ")):
             continue
-        line = BUILD_PATH.sub(r"\1", line).rstrip()
+        line = TOKEN.sub(_source_name, line).rstrip()
         if line.strip() and not line.startswith("Error building extension"):
             kept.append(line)
     if not kept:
-        return message.splitlines()[0]
+        return message.splitlines()[0][:400]
     return "\n".join(kept[:max_lines]) + ("\n[...]" if len(kept) > max_lines else "")
+
+
+def _source_name(token: re.Match) -> str:
+    """``'/job/.torch_extensions/ext/main.cpp:5:3:'`` -> ``'main.cpp:5:3:'``; other tokens unchanged."""
+    text = token.group(0)
+    start = text.find("/")
+    if start < 0:
+        return text
+    name = text.rpartition("/")[2]
+    return text[:start] + name if SOURCE_NAME.match(name) else text
 
 
 def _timings(marks: dict, message: dict, finished_at: float) -> dict:

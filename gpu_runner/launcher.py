@@ -4,10 +4,16 @@ The one place a job's process is created. ``sandbox.Sandbox`` says how it is con
 (bubblewrap, cgroups, rlimits, the uid); this module runs it: the wall time and the output budget
 are enforced here, from the parent, the event channel is read here, and when the job ends its
 whole process group and cgroup are killed.
+
+The job is hostile and the loop below never waits for it: every pipe is non-blocking, replies to
+the job's events are queued and written only when its stdin can take them (a job that floods
+events and never reads its replies fills a bounded queue, not the worker's time), event lines are
+bounded before they are parsed, and one deadline covers everything.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import selectors
@@ -20,7 +26,9 @@ from dataclasses import dataclass
 from gpu_runner.sandbox import Sandbox
 
 TAIL_BYTES = 8192
-MAX_EVENT_LINE = 65536
+MAX_EVENT_LINE = 4096  # the harness's events are short, flat JSON objects
+MAX_EVENTS = 200_000  # per job; past this the channel is drained and ignored
+MAX_PENDING_REPLY_BYTES = 64 * 1024  # replies the job has not read; past this, no more are queued
 # How long the process may linger after the harness says it is done (flushing output, exiting)
 # before it is killed; a submission that stops its own sandbox's init would otherwise hold the
 # job until the wall time.
@@ -39,6 +47,7 @@ class ProcessOutcome:
     memory_limited: bool = False
     peak_memory_bytes: int | None = None
     processes_limited: bool = False
+    events_dropped: int = 0  # events past MAX_EVENTS or over MAX_EVENT_LINE, and replies never queued
 
 
 def launch(
@@ -56,18 +65,22 @@ def launch(
     descriptor named by AISYS_EVENT_FD); bytes it returns are written to the process's stdin.
     """
     event_read, event_write = os.pipe()
+    options_read, options_write = os.pipe()
     env = {**env, "AISYS_EVENT_FD": str(event_write)}
     limits = sandbox.limits
+    argv, options = sandbox.argv(command, options_fd=options_read)
     started = time.monotonic()
     try:
+        os.write(options_write, options)  # a few KiB: within the pipe's buffer
+        os.close(options_write)
         proc = subprocess.Popen(
-            sandbox.argv(command),
+            argv,
             cwd=sandbox.cwd,
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            pass_fds=(event_write,),
+            pass_fds=(event_write, options_read),
             start_new_session=True,
             preexec_fn=sandbox.preexec,
         )
@@ -77,65 +90,12 @@ def launch(
         raise
     finally:
         os.close(event_write)
-    deadline = started + float(limits["wall_seconds"])
-    budget = int(limits["output_bytes"])
-    tail = bytearray()
-    output_bytes = 0
-    timed_out = output_limited = False
-    event_buffer = b""
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ, "output")
-    selector.register(event_read, selectors.EVENT_READ, "event")
-    open_streams = 2
-    done_at: float | None = None
+        os.close(options_read)
     try:
-        while open_streams:
-            now = time.monotonic()
-            if done_at is not None and now > done_at + EXIT_GRACE_SECONDS:
-                break
-            remaining = deadline - now
-            if remaining <= 0:
-                timed_out = True
-                break
-            ready = selector.select(timeout=min(remaining, 0.5))
-            if not ready and proc.poll() is not None:
-                break  # exited; a leftover child holding the pipes open is killed below
-            for key, _ in ready:
-                chunk = os.read(key.fd, 65536)
-                if not chunk:
-                    selector.unregister(key.fileobj)
-                    open_streams -= 1
-                    continue
-                if key.data == "output":
-                    output_bytes += len(chunk)
-                    tail = (tail + chunk)[-TAIL_BYTES:]
-                    if output_bytes > budget:
-                        output_limited = True
-                        break
-                    on_output(chunk.decode("utf-8", errors="replace"))
-                else:
-                    event_buffer += chunk
-                    *lines, event_buffer = event_buffer.split(b"\n")
-                    if len(event_buffer) > MAX_EVENT_LINE:
-                        event_buffer = b""
-                    for line in lines:
-                        event = _parse_event(line)
-                        if event is None:
-                            continue
-                        if event["type"] == "done" and done_at is None:
-                            done_at = time.monotonic()
-                        reply = on_event(event)
-                        if reply:
-                            try:
-                                proc.stdin.write(reply)
-                                proc.stdin.flush()
-                            except BrokenPipeError:
-                                pass
-            if output_limited:
-                break
+        loop = _Loop(proc, event_read, on_output=on_output, on_event=on_event)
+        loop.run(deadline=started + float(limits["wall_seconds"]), budget=int(limits["output_bytes"]))
     finally:
         _kill_group(proc)
-        selector.close()
         os.close(event_read)
         for stream in (proc.stdin, proc.stdout):
             try:
@@ -148,21 +108,133 @@ def launch(
     return ProcessOutcome(
         returncode=returncode,
         signal_name=sandbox.exit_signal(returncode),
-        timed_out=timed_out,
-        output_limited=output_limited,
-        output_bytes=output_bytes,
-        output_tail=tail.decode("utf-8", errors="replace"),
+        timed_out=loop.timed_out,
+        output_limited=loop.output_limited,
+        output_bytes=loop.output_bytes,
+        output_tail=bytes(loop.tail).decode("utf-8", errors="replace"),
         wall_seconds=time.monotonic() - started,
         memory_limited=usage.oom_kills > 0,
         peak_memory_bytes=usage.peak_memory_bytes,
         processes_limited=usage.pids_limited,
+        events_dropped=loop.events_dropped,
     )
+
+
+class _Loop:
+    """One job's pipes, read and written without ever blocking on the job."""
+
+    def __init__(self, proc: subprocess.Popen, event_fd: int, *, on_output, on_event):
+        self.proc = proc
+        self.on_output = on_output
+        self.on_event = on_event
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.selector = selectors.DefaultSelector()
+        for fd in (proc.stdout.fileno(), event_fd, proc.stdin.fileno()):
+            os.set_blocking(fd, False)
+        self.selector.register(proc.stdout.fileno(), selectors.EVENT_READ, "output")
+        self.selector.register(event_fd, selectors.EVENT_READ, "event")
+        self.stdin = proc.stdin.fileno()
+        self.open_streams = 2
+        self.tail = bytearray()
+        self.output_bytes = 0
+        self.timed_out = self.output_limited = False
+        self.event_buffer = bytearray()
+        self.events = 0
+        self.events_dropped = 0
+        self.pending = bytearray()  # replies not yet written to the job's stdin
+        self.done_at: float | None = None
+
+    def run(self, *, deadline: float, budget: int) -> None:
+        try:
+            while self.open_streams:
+                now = time.monotonic()
+                if self.done_at is not None and now > self.done_at + EXIT_GRACE_SECONDS:
+                    return
+                remaining = deadline - now
+                if remaining <= 0:
+                    self.timed_out = True
+                    return
+                ready = self.selector.select(timeout=min(remaining, 0.5))
+                if not ready and self.proc.poll() is not None:
+                    return  # exited; a leftover child holding the pipes open is killed by the caller
+                for key, _ in ready:
+                    if key.data == "stdin":
+                        self._write_pending()
+                        continue
+                    try:
+                        chunk = os.read(key.fd, 65536)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        self.selector.unregister(key.fd)
+                        self.open_streams -= 1
+                    elif key.data == "output":
+                        if not self._output(chunk, budget):
+                            self.output_limited = True
+                            return
+                    else:
+                        self._events(chunk)
+        finally:
+            self.selector.close()
+
+    def _output(self, chunk: bytes, budget: int) -> bool:
+        self.output_bytes += len(chunk)
+        self.tail += chunk
+        del self.tail[:-TAIL_BYTES]
+        if self.output_bytes > budget:
+            return False
+        self.on_output(self.decoder.decode(chunk))
+        return True
+
+    def _events(self, chunk: bytes) -> None:
+        if self.events >= MAX_EVENTS:
+            self.events_dropped += chunk.count(b"\n")
+            return
+        self.event_buffer += chunk
+        *lines, rest = bytes(self.event_buffer).split(b"\n")
+        self.event_buffer = bytearray(rest if len(rest) <= MAX_EVENT_LINE else b"")
+        for line in lines:
+            self.events += 1
+            event = _parse_event(line) if len(line) <= MAX_EVENT_LINE else None
+            if event is None:
+                self.events_dropped += 1
+                continue
+            if event["type"] == "done" and self.done_at is None:
+                self.done_at = time.monotonic()
+            reply = self.on_event(event)
+            if reply:
+                self._queue(reply)
+            if self.events >= MAX_EVENTS:
+                return
+
+    def _queue(self, reply: bytes) -> None:
+        if len(self.pending) + len(reply) > MAX_PENDING_REPLY_BYTES:
+            self.events_dropped += 1  # the job is not reading its replies: it will wait until its wall time
+            return
+        self.pending += reply
+        self._write_pending()
+
+    def _write_pending(self) -> None:
+        while self.pending:
+            try:
+                written = os.write(self.stdin, self.pending)
+            except BlockingIOError:
+                break
+            except (BrokenPipeError, OSError):
+                self.pending.clear()
+                break
+            del self.pending[:written]
+        registered = self.stdin in self.selector.get_map()
+        if self.pending and not registered:
+            self.selector.register(self.stdin, selectors.EVENT_WRITE, "stdin")
+        elif not self.pending and registered:
+            self.selector.unregister(self.stdin)
 
 
 def _parse_event(line: bytes) -> dict | None:
     try:
         event = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return event if isinstance(event, dict) and isinstance(event.get("type"), str) else None
 

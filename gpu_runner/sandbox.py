@@ -1,7 +1,9 @@
 """How a job's untrusted process is confined: bubblewrap, cgroups, rlimits and a non-root uid.
 
-All the hardening lives here and ``launcher.launch`` is its only caller, so what a submission can
-and cannot do is read off this one file (docs/security.md explains the reasoning):
+The hardening lives here and in its two helpers, ``gpu_runner.cgroups`` (memory and process
+limits) and ``gpu_runner.jobfolder`` (the job's files); ``launcher.launch`` is the only caller, so
+what a submission can and cannot do is read off these three files (docs/security.md explains
+the reasoning):
 
 - bubblewrap (``bwrap``) gives the process its own user, pid, network (loopback only), IPC, UTS and
   cgroup namespaces; a read-only view of the system (/usr) and of the Python environment; the job
@@ -26,28 +28,26 @@ link or opens anything but a regular file there: the folder belongs to the submi
 from __future__ import annotations
 
 import ctypes
-import errno
 import logging
 import os
 import resource
-import secrets
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from gpu_runner import cgroups, settings
+from gpu_runner.cgroups import Cgroups, CgroupUsage, JobCgroup
+from gpu_runner.jobfolder import JOB_DIR, RUNNER_DIR, JobFolder
+
 log = logging.getLogger(__name__)
 
-JOB_DIR = "/job"
-RUNNER_DIR = "/opt/aisys"
 SANDBOX_HOSTNAME = "sandbox"
-ALLOW_UNSANDBOXED = "AISYS_ALLOW_UNSANDBOXED"
+ALLOW_UNSANDBOXED = settings.ALLOW_UNSANDBOXED
 INSTALL_HINT = (
     "Install bubblewrap on every grading worker (Debian/Ubuntu: apt-get install bubblewrap; "
     "Fedora/RHEL: dnf install bubblewrap) and restart the worker. For local development only, "
@@ -58,237 +58,10 @@ ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "local
 TOP_LEVEL_SYSTEM = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 NVIDIA_SHARED_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
 PR_SET_PDEATHSIG = 1
-CGROUP_KILL_WAIT_SECONDS = 2.0
 
 
 class SandboxUnavailable(RuntimeError):
     """This worker cannot confine untrusted code; the message says how to fix it."""
-
-
-class UnsafeFile(Exception):
-    """A file the submission left in the job folder is not one the worker will read."""
-
-
-# ------------------------------------------------------------------------------------------------
-# cgroups
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Cgroups:
-    """Where per-job cgroups are created: one v2 directory, or the v1 memory and pids hierarchies."""
-
-    version: int  # 2, 1, or 0 when neither is usable (rlimits only)
-    memory_parent: Path | None
-    pids_parent: Path | None
-    note: str  # how this was chosen, for the worker's start-up log
-
-    def create(self, name: str, *, memory_bytes: int, processes: int) -> JobCgroup:
-        memory_dir = pids_dir = None
-        if self.memory_parent is not None:
-            memory_dir = self.memory_parent / name
-            memory_dir.mkdir()
-            if self.version == 2:
-                _write(memory_dir / "memory.max", memory_bytes)
-                _write_if_present(memory_dir / "memory.swap.max", 0)
-            else:
-                _write(memory_dir / "memory.limit_in_bytes", memory_bytes)
-                _write_if_present(memory_dir / "memory.memsw.limit_in_bytes", memory_bytes)
-        if self.pids_parent is not None:
-            pids_dir = self.pids_parent / name
-            if pids_dir != memory_dir:
-                pids_dir.mkdir()
-            _write(pids_dir / "pids.max", processes)
-        return JobCgroup(version=self.version, memory_dir=memory_dir, pids_dir=pids_dir)
-
-
-@dataclass
-class CgroupUsage:
-    oom_kills: int = 0
-    peak_memory_bytes: int | None = None
-    pids_limited: bool = False
-
-
-@dataclass
-class JobCgroup:
-    version: int
-    memory_dir: Path | None
-    pids_dir: Path | None
-
-    @property
-    def dirs(self) -> list[Path]:
-        return list(dict.fromkeys(d for d in (self.memory_dir, self.pids_dir) if d is not None))
-
-    def join_current_process(self) -> None:
-        """Move the calling process (the child, before exec) into the job's cgroups."""
-        pid = str(os.getpid()).encode()
-        for directory in self.dirs:
-            fd = os.open(directory / "cgroup.procs", os.O_WRONLY)
-            try:
-                os.write(fd, pid)
-            finally:
-                os.close(fd)
-
-    def usage(self) -> CgroupUsage:
-        usage = CgroupUsage()
-        if self.memory_dir is not None:
-            if self.version == 2:
-                usage.oom_kills = _keyed(self.memory_dir / "memory.events").get("oom_kill", 0)
-                usage.peak_memory_bytes = _int_or_none(self.memory_dir / "memory.peak")
-            else:
-                usage.oom_kills = _keyed(self.memory_dir / "memory.oom_control").get("oom_kill", 0)
-                usage.peak_memory_bytes = _int_or_none(self.memory_dir / "memory.max_usage_in_bytes")
-        if self.pids_dir is not None:
-            usage.pids_limited = _keyed(self.pids_dir / "pids.events").get("max", 0) > 0
-        return usage
-
-    def destroy(self) -> None:
-        """Kill whatever is left in the job's cgroups and remove them."""
-        deadline = time.monotonic() + CGROUP_KILL_WAIT_SECONDS
-        for directory in reversed(self.dirs):
-            while True:
-                pids = _pids_in(directory)
-                if not pids:
-                    break
-                if (directory / "cgroup.kill").exists():
-                    _write(directory / "cgroup.kill", 1)
-                else:
-                    for pid in pids:
-                        try:
-                            os.kill(pid, signal.SIGKILL)
-                        except (ProcessLookupError, PermissionError):
-                            pass
-                if time.monotonic() > deadline:
-                    log.error("cgroup %s still has processes %s after SIGKILL; leaving it", directory, pids)
-                    break
-                time.sleep(0.01)
-            try:
-                directory.rmdir()
-            except OSError as exc:
-                log.warning("could not remove cgroup %s: %s", directory, exc)
-
-
-def _write(path: Path, value: int | str) -> None:
-    path.write_text(f"{value}\n")
-
-
-def _write_if_present(path: Path, value: int | str) -> None:
-    if path.exists():
-        _write(path, value)
-
-
-def _keyed(path: Path) -> dict[str, int]:
-    try:
-        pairs = (line.split() for line in path.read_text().splitlines())
-        return {p[0]: int(p[1]) for p in pairs if len(p) == 2 and p[1].isdigit()}
-    except OSError:
-        return {}
-
-
-def _int_or_none(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _pids_in(directory: Path) -> list[int]:
-    try:
-        return [int(line) for line in (directory / "cgroup.procs").read_text().split()]
-    except OSError:
-        return []
-
-
-def _cgroup_mounts() -> list[tuple[str, str, str, set[str]]]:
-    """(mount point, root within the hierarchy, type, super options) of every cgroup mount."""
-    mounts = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            fstype, super_options = fields[sep + 1], set(fields[sep + 3].split(","))
-            if fstype in ("cgroup", "cgroup2"):
-                mounts.append((fields[4], fields[3], fstype, super_options))
-    return mounts
-
-
-def _own_cgroups() -> dict[str, str]:
-    """This process's cgroup path per v1 controller, and under "" its v2 path."""
-    paths = {}
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            _, controllers, path = line.rstrip("\n").split(":", 2)
-            for controller in controllers.split(",") if controllers else [""]:
-                paths[controller] = path
-    return paths
-
-
-def _in_mount(mount_point: str, mount_root: str, path: str) -> Path:
-    relative = os.path.relpath(path, mount_root) if path.startswith(mount_root) else path.lstrip("/")
-    return Path(mount_point) / ("" if relative == "." else relative)
-
-
-def _usable(directory: Path) -> bool:
-    return directory.is_dir() and os.access(directory, os.W_OK)
-
-
-def detect_cgroups() -> Cgroups:
-    """Pick the cgroup backend: AISYS_CGROUPS=auto (default) | v2 | v1 | none."""
-    wanted = os.environ.get("AISYS_CGROUPS", "auto")
-    if wanted == "none":
-        return Cgroups(0, None, None, "AISYS_CGROUPS=none: memory and processes limited by rlimits only")
-    mounts, own = _cgroup_mounts(), _own_cgroups()
-    notes = []
-    if wanted in ("auto", "v2"):
-        v2 = _detect_v2(mounts, own)
-        if isinstance(v2, Cgroups):
-            return v2
-        notes.append(v2)
-    if wanted in ("auto", "v1"):
-        found: dict[str, Path] = {}
-        for mount_point, root, fstype, options in mounts:
-            for controller in ("memory", "pids"):
-                if fstype == "cgroup" and controller in options and controller in own:
-                    directory = _in_mount(mount_point, root, own[controller])
-                    if _usable(directory):
-                        found.setdefault(controller, directory)
-        if found:
-            missing = {"memory", "pids"} - set(found)
-            note = "cgroup v1 " + " and ".join(f"{c} at {d}" for c, d in sorted(found.items()))
-            if missing:
-                note += f"; {', '.join(sorted(missing))} limited by rlimits"
-            return Cgroups(1, found.get("memory"), found.get("pids"), note)
-        notes.append("cgroup v1: no writable memory or pids hierarchy")
-    return Cgroups(0, None, None, "; ".join(notes) + ": memory and processes limited by rlimits only")
-
-
-def _detect_v2(mounts, own) -> Cgroups | str:
-    explicit = os.environ.get("AISYS_CGROUP_PARENT")
-    if explicit:
-        base = Path(explicit)
-    else:
-        v2 = next(((m, r) for m, r, fstype, _ in mounts if fstype == "cgroup2"), None)
-        if v2 is None or "" not in own:
-            return "cgroup v2: not mounted"
-        base = _in_mount(v2[0], v2[1], own[""])
-    try:
-        available = set((base / "cgroup.controllers").read_text().split())
-    except OSError as exc:
-        return f"cgroup v2: cannot read {base}/cgroup.controllers ({exc.strerror})"
-    if not {"memory", "pids"} <= available:
-        return f"cgroup v2: {base} does not offer the memory and pids controllers (has: {sorted(available) or 'none'})"
-    if not _usable(base):
-        return f"cgroup v2: {base} is not writable by this worker; delegate it (systemd Delegate=yes)"
-    enabled = set((base / "cgroup.subtree_control").read_text().split())
-    if not {"memory", "pids"} <= enabled:
-        try:
-            _write(base / "cgroup.subtree_control", "+memory +pids")
-        except OSError as exc:
-            return (
-                f"cgroup v2: cannot enable memory and pids for children of {base} ({exc.strerror}); point "
-                "AISYS_CGROUP_PARENT at an empty delegated cgroup (see docs/security.md)"
-            )
-    return Cgroups(2, base, base, f"cgroup v2 at {base}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -335,29 +108,25 @@ def _python() -> tuple[tuple[tuple[str, str], ...], str]:
     return tuple(binds.items()), os.path.join(VENV_INSIDE, os.path.relpath(sys.executable, sys.prefix))
 
 
-def _sandbox_ids() -> tuple[int, int]:
-    uid = int(os.environ.get("AISYS_SANDBOX_UID", "65534"))
-    gid = int(os.environ.get("AISYS_SANDBOX_GID", str(uid)))
-    if uid == 0 or gid == 0:
-        raise SandboxUnavailable("AISYS_SANDBOX_UID and AISYS_SANDBOX_GID must not be 0 (root)")
-    return uid, gid
-
-
 @cache
 def config() -> Config:
     """This worker's sandbox, checked once per process by really starting one."""
-    ids = _sandbox_ids()
+    try:
+        wanted = settings.current()
+    except settings.SettingsError as exc:
+        raise SandboxUnavailable(f"the worker's settings are wrong: {exc}") from None
+    ids = (wanted.sandbox_uid, wanted.sandbox_gid)
     switch_to = ids if os.geteuid() == 0 else None
-    cgroups = detect_cgroups()
-    bwrap = shutil.which(os.environ.get("AISYS_BWRAP", "bwrap"))
+    found_cgroups = cgroups.detect_cgroups()
+    bwrap = shutil.which(wanted.bwrap)
     if bwrap is None:
-        if os.environ.get(ALLOW_UNSANDBOXED) == "1":
+        if wanted.allow_unsandboxed:
             log.warning("%s=1 and no bubblewrap: submissions will run UNSANDBOXED. %s", ALLOW_UNSANDBOXED, INSTALL_HINT)
-            return Config(None, switch_to, ids, cgroups, (), sys.executable)
+            return Config(None, switch_to, ids, found_cgroups, (), sys.executable)
         raise SandboxUnavailable(
             "bubblewrap (bwrap) is not installed, so this worker refuses to run untrusted code. " + INSTALL_HINT
         )
-    found = Config(bwrap, switch_to, ids, cgroups, *_python())
+    found = Config(bwrap, switch_to, ids, found_cgroups, *_python())
     _probe(found)
     return found
 
@@ -368,7 +137,7 @@ def _probe(found: Config) -> None:
     Python only, no torch (about 40 ms instead of a second on every grading process's first job):
     a torch that the sandbox cannot load shows in the first job's output instead.
     """
-    folder = JobFolder.create("probe", config=found, disk_mb=1)
+    folder = create_job_folder("probe", config=found, disk_mb=1)
     try:
         command = [found.python_inside, "-I", "-c", "import os; print(os.getuid())"]
         argv = bwrap_argv(found, folder, command, gpus=())
@@ -403,6 +172,14 @@ def _drop_privileges(switch_to: tuple[int, int] | None):
     return preexec
 
 
+def create_job_folder(job_id: object, *, config: Config, disk_mb: int) -> JobFolder:
+    """A job folder for this worker's sandbox, with the /etc files the sandbox mounts."""
+    folder = JobFolder.create(job_id, sandboxed=config.sandboxed, owner=config.switch_to, disk_mb=disk_mb)
+    if config.sandboxed:
+        _write_etc_files(folder, config.inside_ids)
+    return folder
+
+
 def log_startup() -> None:
     """Say at worker start-up how jobs will be confined, or loudly why they will be refused."""
     try:
@@ -413,136 +190,6 @@ def log_startup() -> None:
             log.warning("removed %d job folders and cgroups left by killed worker processes", swept)
     except SandboxUnavailable as exc:
         log.error("job sandbox unavailable; every job will fail with an infrastructure error: %s", exc)
-
-
-# ------------------------------------------------------------------------------------------------
-# the job folder
-# ------------------------------------------------------------------------------------------------
-
-
-class JobFolder:
-    """One job's files on the host.
-
-    ``box`` is the sandbox's ``/job`` (student files, the cases, the outputs); it belongs to the
-    submission, so the worker only touches it through ``write_box_file`` and ``read_box_file``.
-    ``runner`` is mounted read-only at ``/opt/aisys`` (the harness, the lab's ``run``, /etc files).
-    As root, ``box`` is a tmpfs of ``disk_mb`` (so are the sandbox's /tmp and /dev/shm), so a
-    submission cannot fill the worker's disk; the pages count against the job's memory limit.
-    """
-
-    def __init__(
-        self, root: Path, *, sandboxed: bool, mounted: bool, disk_mb: int, owner: tuple[int, int] | None = None
-    ):
-        self.root = root
-        self.owner = owner  # the sandbox's uid and gid, when the job runs as another user
-        self.disk_mb = disk_mb
-        self.box = root / "box"
-        self.runner = root / "runner"
-        self.sandboxed = sandboxed
-        self.mounted = mounted
-
-    @classmethod
-    def create(cls, job_id: object, *, config: Config, disk_mb: int) -> JobFolder:
-        safe_id = "".join(c for c in str(job_id) if c.isalnum())[:32]
-        # The creating process's pid in the name lets a restarted worker sweep up what a killed one left.
-        root = Path(tempfile.mkdtemp(prefix=f"aisys-job-{safe_id}-p{os.getpid()}-"))
-        root.chmod(0o711)  # the sandbox uid may pass through to box/ and runner/, not list
-        box, runner = root / "box", root / "runner"
-        box.mkdir(mode=0o700)
-        runner.mkdir(mode=0o755)
-        mounted = False
-        if config.sandboxed and os.geteuid() == 0:
-            mounted = _mount_tmpfs(box, size_mb=disk_mb, owner=config.switch_to)
-        if config.switch_to:
-            os.chown(box, *config.switch_to)
-        folder = cls(root, sandboxed=config.sandboxed, mounted=mounted, disk_mb=disk_mb, owner=config.switch_to)
-        if config.sandboxed:
-            _write_etc_files(folder, config.inside_ids)
-        return folder
-
-    @property
-    def box_inside(self) -> str:
-        """The job folder's path as the job's process sees it."""
-        return JOB_DIR if self.sandboxed else str(self.box)
-
-    @property
-    def runner_inside(self) -> str:
-        return RUNNER_DIR if self.sandboxed else str(self.runner)
-
-    def add_runner_file(self, name: str, text: str) -> None:
-        """Write a trusted file (``name`` may hold folders: ``lib/kernels/bench.py``) for the sandbox
-        to read at /opt/aisys."""
-        path = self.runner / name
-        for parent in reversed(path.relative_to(self.runner).parents[:-1]):
-            (self.runner / parent).mkdir(mode=0o755, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        path.chmod(0o644)
-
-    def write_box_file(self, name: str, data: bytes, *, unique: bool = False) -> str:
-        """Create a new file in the job folder without following anything already there.
-
-        With ``unique`` the name gets a random suffix the submission cannot have prepared for.
-        Returns the name used.
-        """
-        if unique:
-            stem, dot, ext = name.rpartition(".")
-            name = f"{stem}-{secrets.token_hex(8)}{dot}{ext}"
-        box_fd = os.open(self.box, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=box_fd)
-        finally:
-            os.close(box_fd)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return name
-
-    def write_box_tree(self, name: str, files: list[tuple[Path, bytes, int]]) -> None:
-        """Before the job starts: create folder ``name`` in the job folder holding ``files``
-        (relative path, bytes, modification time in ns), all writable by the job, times preserved."""
-        root = self.box / name
-        root.mkdir(mode=0o755)
-        created = [root]
-        for relative, data, mtime in files:
-            path = root / relative
-            for parent in reversed(path.relative_to(self.box).parents[:-1]):
-                folder = self.box / parent
-                if not folder.exists():
-                    folder.mkdir(mode=0o755)
-                    created.append(folder)
-            path.write_bytes(data)
-            path.chmod(0o755 if path.suffix == ".so" else 0o644)
-            if self.owner:
-                os.chown(path, *self.owner)
-            os.utime(path, ns=(mtime, mtime))
-        if self.owner:
-            for folder in created:
-                os.chown(folder, *self.owner)
-
-    def read_box_file(self, *parts: str, max_bytes: int) -> bytes:
-        """Read a regular file the submission wrote, refusing links, pipes and oversized files."""
-        fds = [os.open(self.box, os.O_RDONLY | os.O_DIRECTORY)]
-        try:
-            for part in parts[:-1]:
-                fds.append(_open_no_follow(part, os.O_RDONLY | os.O_DIRECTORY, fds[-1]))
-            fds.append(_open_no_follow(parts[-1], os.O_RDONLY | os.O_NONBLOCK, fds[-1]))
-            info = os.fstat(fds[-1])
-            if not stat.S_ISREG(info.st_mode):
-                raise UnsafeFile(f"{'/'.join(parts)} is not a regular file")
-            if info.st_size > max_bytes:
-                raise UnsafeFile(f"{'/'.join(parts)} is over {max_bytes >> 20} MiB")
-            with os.fdopen(os.dup(fds[-1]), "rb") as f:
-                data = f.read(max_bytes + 1)
-            if len(data) > max_bytes:
-                raise UnsafeFile(f"{'/'.join(parts)} is over {max_bytes >> 20} MiB")
-            return data
-        finally:
-            for fd in fds:
-                os.close(fd)
-
-    def remove(self) -> None:
-        if self.mounted:
-            subprocess.run(["umount", "--lazy", str(self.box)], check=False, capture_output=True)
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def sweep_stale(cfg: Config) -> int:
@@ -586,29 +233,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _open_no_follow(name: str, flags: int, dir_fd: int) -> int:
-    try:
-        return os.open(name, flags | os.O_NOFOLLOW, dir_fd=dir_fd)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise UnsafeFile(f"{name} is a link or not what the harness writes") from exc
-        raise
-
-
-def _mount_tmpfs(path: Path, *, size_mb: int, owner: tuple[int, int] | None) -> bool:
-    uid, gid = owner or (os.getuid(), os.getgid())
-    options = f"size={int(size_mb)}m,mode=0700,uid={uid},gid={gid},nosuid,nodev"
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "aisys-job", str(path)], capture_output=True)
-    if proc.returncode != 0:
-        _warn_no_tmpfs(proc.stderr.decode(errors="replace").strip())
-    return proc.returncode == 0
-
-
-@cache
-def _warn_no_tmpfs(reason: str) -> None:
-    log.warning("job folders are plain directories (mounting a size-capped tmpfs failed: %s)", reason)
-
-
 # ------------------------------------------------------------------------------------------------
 # one sandboxed process
 # ------------------------------------------------------------------------------------------------
@@ -616,9 +240,13 @@ def _warn_no_tmpfs(reason: str) -> None:
 
 def bwrap_argv(cfg: Config, folder: JobFolder, command: list[str], *, gpus: tuple[int, ...]) -> list[str]:
     """The bwrap command line that runs ``command`` in the sandbox for ``folder``."""
+    return [cfg.bwrap, *bwrap_options(cfg, folder, gpus=gpus), "--", *command]
+
+
+def bwrap_options(cfg: Config, folder: JobFolder, *, gpus: tuple[int, ...]) -> list[str]:
+    """bwrap's options for the sandbox of ``folder``: everything between ``bwrap`` and ``--``."""
     uid, gid = cfg.inside_ids
     argv = [
-        cfg.bwrap,
         "--unshare-all",
         "--unshare-user",
         "--disable-userns",
@@ -654,7 +282,7 @@ def bwrap_argv(cfg: Config, folder: JobFolder, command: list[str], *, gpus: tupl
         argv += ["--dev-bind", node, node]
     argv += ["--size", tmp_bytes, "--tmpfs", "/tmp"]
     argv += ["--bind", str(folder.box), JOB_DIR, "--ro-bind", str(folder.runner), RUNNER_DIR]
-    argv += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", JOB_DIR, "--", *command]
+    argv += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", JOB_DIR]
     return argv
 
 
@@ -670,8 +298,8 @@ def _write_etc_files(folder: JobFolder, ids: tuple[int, int]) -> None:
 def assigned_gpus(dev: str = "/dev") -> tuple[int, ...]:
     """This worker's GPU: ``AISYS_GPU``, else the only one whose device node exists (a container
     given one GPU sees just its node, whatever its number), else GPU 0."""
-    if os.environ.get("AISYS_GPU"):
-        return (int(os.environ["AISYS_GPU"]),)
+    if settings.current().gpu is not None:
+        return (settings.current().gpu,)
     present = sorted(int(name[6:]) for name in os.listdir(dev) if name[6:].isdigit() and name.startswith("nvidia"))
     return (present[0],) if len(present) == 1 else (0,)
 
@@ -696,6 +324,7 @@ class Sandbox:
     cgroup: JobCgroup | None = None
 
     def __post_init__(self) -> None:
+        cgroups.retry_leftovers()  # what an earlier job's unkillable process kept
         memory = int(self.limits["memory_mb"]) * 1024 * 1024
         processes = int(self.limits["processes"])
         if self.cfg.cgroups.version:
@@ -714,10 +343,21 @@ class Sandbox:
         """Where to start the process: bwrap changes into /job itself."""
         return self.folder.root if self.cfg.sandboxed else self.folder.box
 
-    def argv(self, command: list[str]) -> list[str]:
+    def argv(self, command: list[str], *, options_fd: int | None = None) -> tuple[list[str], bytes]:
+        """The command line that starts ``command`` in this sandbox, and the bytes to feed ``options_fd``.
+
+        With ``options_fd``, bwrap reads its options as NUL-separated text from that descriptor
+        (``--args``): they name host paths (the job folder, the worker's Python), and bwrap's
+        command line is what the job sees as its pid 1's ``/proc/1/cmdline``.
+        """
         if not self.cfg.sandboxed:
-            return command
-        return bwrap_argv(self.cfg, self.folder, command, gpus=self.gpus)
+            return command, b""
+        if options_fd is None:
+            return bwrap_argv(self.cfg, self.folder, command, gpus=self.gpus), b""
+        options = bwrap_options(self.cfg, self.folder, gpus=self.gpus)
+        return [self.cfg.bwrap, "--args", str(options_fd), "--", *command], b"".join(
+            o.encode() + b"\0" for o in options
+        )
 
     def preexec(self) -> None:
         """Run in the child between fork and exec: cgroups and rlimits as root, then drop to the sandbox uid."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import socket
 import tempfile
 import time
@@ -14,21 +13,21 @@ from pathlib import Path
 import redis
 from celery.signals import worker_ready
 
-from gpu_runner import sandbox
-from gpu_runner.celery import REDIS_URL, app
+from gpu_runner import sandbox, settings
+from gpu_runner.celery import app
 from gpu_runner.events import RedisStreamSink
 from gpu_runner.grading import grade
 from gpu_runner.selfcheck import check_lab
+from gpu_runner.text import for_terminal
 from labs import archive
 from labs.catalog import LabError
 
 log = logging.getLogger(__name__)
-PORTAL_QUEUE = os.environ.get("AISYS_PORTAL_QUEUE", "portal")
 
 
 @cache
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(REDIS_URL)
+    return redis.Redis.from_url(settings.current().redis_url)
 
 
 @worker_ready.connect
@@ -44,7 +43,7 @@ def run_job(self, message: dict) -> dict:
     app.send_task(
         "portal.record_job_started",
         kwargs={"job_id": job_id, "worker": socket.gethostname(), "started_at": time.time()},
-        queue=PORTAL_QUEUE,
+        queue=settings.current().portal_queue,
     )
     sink = RedisStreamSink(_redis(), message["events_stream"])
     result = grade(message, sink)
@@ -52,7 +51,7 @@ def run_job(self, message: dict) -> dict:
         "job %s: %s (%s) in %.2fs",
         job_id,
         result["verdict"],
-        result["summary"][:200],
+        for_terminal(result["summary"][:200]),
         result["timings"].get("worker_total", 0.0),
     )
     return result

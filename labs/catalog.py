@@ -84,6 +84,7 @@ class Lab:
     forbidden: tuple[str, ...]
     max_file_bytes: int
     world_size: int = 1
+    builds_extensions: bool = False  # [build] extensions: the submission compiles C++/CUDA with load_inline
     readme: str = field(default="", repr=False)
     content_hash: str = ""
 
@@ -214,6 +215,13 @@ def load_lab(path: Path | str) -> Lab:
         metric = Metric(
             name=str(table.get("name", "metric")), unit=str(table.get("unit", "")), direction=table["direction"]
         )
+    build = meta.get("build", {})
+    if (
+        not isinstance(build, dict)
+        or set(build) - {"extensions"}
+        or not isinstance(build.get("extensions", False), bool)
+    ):
+        raise LabError(f"{where}: [build] takes one key, extensions = true or false")
     readme_path = folder / "README.md"
     if not readme_path.exists():
         raise LabError(f"{readme_path} is missing: students need instructions")
@@ -234,6 +242,7 @@ def load_lab(path: Path | str) -> Lab:
         forbidden=tuple(meta.get("forbidden", ())),
         max_file_bytes=int(meta.get("max_file_bytes", 256 * 1024)),
         world_size=int(meta.get("world_size", 1)),
+        builds_extensions=build.get("extensions", False),
         readme=readme_path.read_text(encoding="utf-8"),
         content_hash=content_hash(folder),
     )

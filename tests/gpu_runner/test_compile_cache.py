@@ -7,13 +7,15 @@ the round trip of a build folder through a real job folder, and what is refused.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
-from gpu_runner import compile_cache, sandbox
+from gpu_runner import compile_cache, sandbox, settings
 from gpu_runner.grading import compiler_errors
+from gpu_runner.jobfolder import JobFolder
 
 SOURCE = 'from torch.utils.cpp_extension import load_inline\nCPP_SRC = "int f() { return 1; }"\n'
 
@@ -26,27 +28,29 @@ def test_the_key_follows_the_sources_and_the_owner_not_the_python_around_them():
     assert compile_cache.source_key({"ext.py": SOURCE.replace("1;", "2;")}, owner="user-1", device="cpu") != key
     assert compile_cache.source_key({"ext.py": SOURCE}, owner="user-2", device="cpu") != key
     assert compile_cache.source_key({"ext.py": SOURCE}, owner="user-1", device="cuda") != key
-    assert compile_cache.source_key({"ext.py": "x = 1\n"}, owner="user-1", device="cpu") is None
     assert compile_cache.source_key({"ext.py": SOURCE + "def (:\n"}, owner="user-1", device="cpu") is None
 
 
 @pytest.fixture
 def cache_root(tmp_path, monkeypatch):
-    monkeypatch.setattr(compile_cache, "CACHE_ROOT", tmp_path / "cache")
-    return tmp_path / "cache"
+    settings.current.cache_clear()
+    monkeypatch.setenv("AISYS_COMPILE_CACHE", str(tmp_path / "cache"))
+    yield tmp_path / "cache"
+    monkeypatch.undo()
+    settings.current.cache_clear()
 
 
-def _job_folder(name: str) -> sandbox.JobFolder:
-    return sandbox.JobFolder.create(name, config=sandbox.config(), disk_mb=64)
+def _job_folder(name: str) -> JobFolder:
+    return sandbox.create_job_folder(name, config=sandbox.config(), disk_mb=64)
 
 
-def _build(folder: sandbox.JobFolder) -> Path:
+def _build(folder: JobFolder, name: str = "my_ext") -> Path:
     """What torch leaves after a build: sources, objects, ninja's log, the library, its lock."""
-    ext = folder.box / compile_cache.EXTENSIONS_DIR / "my_ext"
+    ext = folder.box / compile_cache.EXTENSIONS_DIR / name
     ext.mkdir(parents=True)
-    for name, data in (("main.cpp", b"int f();"), ("main.o", b"\x7fELF-object"), (".ninja_log", b"# ninja log v5")):
-        (ext / name).write_bytes(data)
-    (ext / "my_ext.so").write_bytes(b"\x7fELF-library")
+    for item, data in (("main.cpp", b"int f();"), ("main.o", b"\x7fELF-object"), (".ninja_log", b"# ninja log v5")):
+        (ext / item).write_bytes(data)
+    (ext / f"{name}.so").write_bytes(b"\x7fELF-library")
     (ext / "lock").write_bytes(b"")
     os.utime(ext / "main.cpp", ns=(1_795_285_098_622_148_961,) * 2)  # ninja compares nanoseconds
     return ext
@@ -56,8 +60,8 @@ def test_a_build_is_saved_and_restored_with_its_times_and_without_its_lock(cache
     first = _job_folder("cc1")
     try:
         _build(first)
-        assert compile_cache.save(first, "k" * 64)
-        assert not compile_cache.save(first, "k" * 64)  # unchanged: nothing new to write
+        assert compile_cache.save(first, "k" * 64, owner="alice")
+        assert not compile_cache.save(first, "k" * 64, owner="alice")  # unchanged: nothing new to write
     finally:
         first.remove()
     second = _job_folder("cc2")
@@ -79,32 +83,65 @@ def test_a_folder_without_a_library_or_with_links_is_not_cached(cache_root, tmp_
     try:
         ext = _build(folder)
         (ext / "my_ext.so").unlink()
-        assert not compile_cache.save(folder, "a" * 64)  # a failed build: nothing to keep
+        assert not compile_cache.save(folder, "a" * 64, owner="alice")  # a failed build: nothing to keep
         (ext / "my_ext.so").symlink_to("/etc/passwd")
-        assert not compile_cache.save(folder, "a" * 64)  # the link is skipped, so still no library
+        assert not compile_cache.save(folder, "a" * 64, owner="alice")  # the link is skipped: still no library
         assert not (cache_root / ("a" * 64)).exists()
     finally:
         folder.remove()
 
 
-def _size(entry: Path) -> int:
-    return sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
+def test_only_declared_products_two_levels_down_are_kept(cache_root):
+    folder = _job_folder("cc-junk")
+    try:
+        ext = _build(folder)
+        (ext / "payload.bin").write_bytes(b"x" * 1000)  # not a build product
+        deep = ext
+        for _ in range(50):
+            deep = deep / "d"
+        deep.mkdir(parents=True)
+        (deep / "hidden.so").write_bytes(b"deep")  # a library, but not where torch puts one
+        (folder.box / compile_cache.EXTENSIONS_DIR / "stray.so").write_bytes(b"top level")
+        assert compile_cache.save(folder, "j" * 64, owner="alice")
+        manifest = json.loads((cache_root / ("j" * 64) / "manifest.json").read_text())
+        assert sorted(item["path"] for item in manifest["files"]) == [
+            "my_ext/.ninja_log",
+            "my_ext/main.cpp",
+            "my_ext/main.o",
+            "my_ext/my_ext.so",
+        ]
+    finally:
+        folder.remove()
+
+
+def _save_entry(key: str, *, owner: str, size: int, used_at: float) -> None:
+    folder = _job_folder(f"cc-{key[:4]}")
+    try:
+        ext = _build(folder)
+        (ext / "my_ext.so").write_bytes(b"x" * size)
+        assert compile_cache.save(folder, key, owner=owner)
+        os.utime(compile_cache.cache_root() / key / "manifest.json", (used_at, used_at))
+    finally:
+        folder.remove()
 
 
 def test_least_recently_used_entries_go_first_past_the_limit(cache_root, monkeypatch):
-    for index, key in enumerate(("old", "new")):
-        folder = _job_folder(f"cc-{key}")
-        try:
-            ext = _build(folder)
-            (ext / "my_ext.so").write_bytes(b"x" * 80)
-            assert compile_cache.save(folder, key * 21 + "k")
-            os.utime(cache_root / (key * 21 + "k") / "manifest.json", (index, index))
-        finally:
-            folder.remove()
-        # room for one entry, not two
-        monkeypatch.setattr(compile_cache, "CACHE_LIMIT_BYTES", _size(cache_root / (key * 21 + "k")) + 10)
-        compile_cache._evict()
+    monkeypatch.setenv("AISYS_COMPILE_CACHE_MB", "1")
+    settings.current.cache_clear()
+    _save_entry("old" * 21 + "k", owner="alice", size=600_000, used_at=1)
+    _save_entry("new" * 21 + "k", owner="bob", size=600_000, used_at=2)  # 1.2 MB > 1 MiB: the older goes
     assert not (cache_root / ("old" * 21 + "k")).exists() and (cache_root / ("new" * 21 + "k")).exists()
+
+
+def test_one_student_cannot_evict_everyone_elses_builds(cache_root, monkeypatch):
+    monkeypatch.setenv("AISYS_COMPILE_CACHE_STUDENT_MB", "1")
+    settings.current.cache_clear()
+    _save_entry("bob" * 21 + "k", owner="bob", size=400_000, used_at=1)  # oldest of all
+    for index in range(4):  # mallory fills 1.6 MB, over her 1 MiB share
+        _save_entry(f"m{index}" * 32, owner="mallory", size=400_000, used_at=10 + index)
+    kept = sorted(p.name for p in cache_root.iterdir())
+    assert "bob" * 21 + "k" in kept  # bob's build survives, although it is the least recently used
+    assert [k for k in kept if k.startswith("m")] == ["m2" * 32, "m3" * 32]  # mallory's oldest went
 
 
 TORCH_BUILD_ERROR = (

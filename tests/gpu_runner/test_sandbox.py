@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from gpu_runner import sandbox
+from gpu_runner import sandbox, settings
+from gpu_runner.cgroups import detect_cgroups
+from gpu_runner.jobfolder import UnsafeFile, remove_tree
 from tests.gpu_runner.conftest import grade_source
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,8 +32,11 @@ CORRECT = """
 def fresh_config(monkeypatch):
     """Let a test change the worker's environment before the sandbox configuration is read."""
     sandbox.config.cache_clear()
+    settings.current.cache_clear()
     yield monkeypatch
+    monkeypatch.undo()
     sandbox.config.cache_clear()
+    settings.current.cache_clear()
 
 
 def test_worker_refuses_untrusted_code_without_bubblewrap_and_says_how_to_install_it(fresh_config):
@@ -53,7 +58,7 @@ def test_development_setting_runs_unsandboxed_and_logs_it_loudly(fresh_config, c
 
 
 def test_this_worker_limits_memory_and_processes_with_cgroups():
-    cgroups = sandbox.detect_cgroups()
+    cgroups = detect_cgroups()
     assert cgroups.version in (1, 2), cgroups.note
     assert cgroups.memory_parent is not None and cgroups.pids_parent is not None, cgroups.note
 
@@ -62,8 +67,9 @@ def test_job_cgroups_are_removed_after_the_job():
     cgroups = sandbox.config().cgroups
     result, _ = grade_source(CORRECT)
     assert result["verdict"] == "succeeded"
+    mine = f"-p{os.getpid()}-"  # this process's jobs: other workers on the machine have their own
     for parent in {cgroups.memory_parent, cgroups.pids_parent}:
-        assert not [p.name for p in parent.iterdir() if p.name.startswith("aisys-")]
+        assert not [p.name for p in parent.iterdir() if p.name.startswith("aisys-") and mine in p.name]
 
 
 def test_rlimits_alone_still_stop_a_memory_bomb(fresh_config):
@@ -103,7 +109,7 @@ def test_rlimits_alone_still_stop_a_fork_bomb(fresh_config):
 
 def test_bwrap_command_line_isolates_everything_and_hides_the_project():
     cfg = sandbox.config()
-    folder = sandbox.JobFolder.create("argv", config=cfg, disk_mb=8)
+    folder = sandbox.create_job_folder("argv", config=cfg, disk_mb=8)
     try:
         argv = sandbox.bwrap_argv(cfg, folder, ["python"], gpus=())
     finally:
@@ -129,31 +135,32 @@ def test_a_gpu_job_gets_only_its_own_device_nodes(tmp_path):
     assert sandbox.gpu_device_nodes((), dev=str(tmp_path)) == []
 
 
-def test_a_gpu_worker_takes_its_configured_gpu_or_the_only_one_it_can_see(tmp_path, monkeypatch):
-    monkeypatch.delenv("AISYS_GPU", raising=False)
+def test_a_gpu_worker_takes_its_configured_gpu_or_the_only_one_it_can_see(tmp_path, fresh_config):
+    fresh_config.delenv("AISYS_GPU", raising=False)
     for name in ("nvidia3", "nvidiactl", "nvidia-uvm"):
         (tmp_path / name).touch()
     assert sandbox.assigned_gpus(dev=str(tmp_path)) == (3,)  # a container given host GPU 3
     (tmp_path / "nvidia5").touch()
     assert sandbox.assigned_gpus(dev=str(tmp_path)) == (0,)
-    monkeypatch.setenv("AISYS_GPU", "5")
+    fresh_config.setenv("AISYS_GPU", "5")
+    settings.current.cache_clear()
     assert sandbox.assigned_gpus(dev=str(tmp_path)) == (5,)
 
 
 def test_job_folder_never_follows_what_the_submission_left_there():
     cfg = sandbox.config()
-    folder = sandbox.JobFolder.create("links", config=cfg, disk_mb=8)
+    folder = sandbox.create_job_folder("links", config=cfg, disk_mb=8)
     try:
         (folder.box / "_outputs").mkdir()
         (folder.box / "_outputs" / "0.pt").symlink_to("/etc/hostname")
         os.mkfifo(folder.box / "_outputs" / "1.pt")
         (folder.box / "_outputs" / "2.pt").write_bytes(b"x" * 2048)
         (folder.box / "_cases.pt").symlink_to(folder.root / "victim")
-        with pytest.raises(sandbox.UnsafeFile, match="is a link"):
+        with pytest.raises(UnsafeFile, match="is a link"):
             folder.read_box_file("_outputs", "0.pt", max_bytes=1024)
-        with pytest.raises(sandbox.UnsafeFile, match="not a regular file"):
+        with pytest.raises(UnsafeFile, match="not a regular file"):
             folder.read_box_file("_outputs", "1.pt", max_bytes=1024)
-        with pytest.raises(sandbox.UnsafeFile, match="over"):
+        with pytest.raises(UnsafeFile, match="over"):
             folder.read_box_file("_outputs", "2.pt", max_bytes=1024)
         with pytest.raises(FileExistsError):
             folder.write_box_file("_cases.pt", b"cases")
@@ -165,11 +172,30 @@ def test_job_folder_never_follows_what_the_submission_left_there():
     assert not folder.root.exists()
 
 
+def test_a_tree_thousands_deep_with_locked_folders_is_removed_without_following_links(tmp_path):
+    root, outside = tmp_path / "job", tmp_path / "outside.txt"
+    outside.write_text("not the job's")
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY)
+    for depth in range(2500):  # deeper than the recursion limit, and than PATH_MAX in bytes
+        os.mkdir("deep-level", dir_fd=fd)
+        child = os.open("deep-level", os.O_RDONLY, dir_fd=fd)
+        if depth % 500 == 0:
+            os.symlink(outside, "link", dir_fd=child)
+            os.close(os.open("locked.txt", os.O_CREAT | os.O_WRONLY, 0o000, dir_fd=child))
+            os.chmod("deep-level", 0o500, dir_fd=fd)  # no write: its entries cannot be unlinked as is
+        os.close(fd)
+        fd = child
+    os.close(fd)
+    assert remove_tree(root)
+    assert not root.exists() and outside.read_text() == "not the job's"
+
+
 def test_a_restarted_worker_sweeps_up_what_a_killed_one_left():
     cfg = sandbox.config()
     dead = subprocess.Popen(["true"])
     dead.wait()
-    alive_folder = sandbox.JobFolder.create("live", config=cfg, disk_mb=8)
+    alive_folder = sandbox.create_job_folder("live", config=cfg, disk_mb=8)
     stale = Path(tempfile.gettempdir()) / f"aisys-job-42-p{dead.pid}-abc123"
     (stale / "box").mkdir(parents=True)
     (stale / "box" / "sol.py").write_text("left behind")
