@@ -1,8 +1,11 @@
 """Per-job cgroups: memory and process limits, their counters, and killing whatever a job left.
 
-One job gets one cgroup (v2) or one per v1 hierarchy (memory, pids), created before its process
-starts and destroyed after it ends. ``detect_cgroups`` picks the backend once per worker
-(``AISYS_CGROUPS``: auto, v2, v1, none); with none, ``gpu_runner.sandbox`` falls back to rlimits.
+One job gets one cgroup (v2) or one per v1 hierarchy (memory, pids, freezer), created before its
+process starts and destroyed after it ends. A job can be frozen and thawed (``cgroup.freeze`` in
+v2, the v1 freezer): the timing phase freezes the student's process while the reference runs, so
+nothing it left running in the background can slow the reference down. ``detect_cgroups`` picks
+the backend once per worker (``AISYS_CGROUPS``: auto, v2, v1, none); with none,
+``gpu_runner.sandbox`` falls back to rlimits.
 A cgroup whose processes cannot be killed in time (stuck in the kernel) is not forgotten: it goes
 on a list that ``retry_leftovers`` works through before the next job, so a worker that grades for
 weeks does not collect them.
@@ -22,6 +25,7 @@ from gpu_runner import settings
 log = logging.getLogger(__name__)
 
 KILL_WAIT_SECONDS = 2.0
+FREEZE_WAIT_SECONDS = 2.0
 # Cgroups that still held processes when their job ended; retried before each job.
 _leftovers: list[JobCgroup] = []
 
@@ -34,9 +38,14 @@ class Cgroups:
     memory_parent: Path | None
     pids_parent: Path | None
     note: str  # how this was chosen, for the worker's start-up log
+    freezer_parent: Path | None = None  # v1's freezer hierarchy; in v2 every job cgroup can freeze
+
+    @property
+    def parents(self) -> list[Path]:
+        return list(dict.fromkeys(p for p in (self.memory_parent, self.pids_parent, self.freezer_parent) if p))
 
     def create(self, name: str, *, memory_bytes: int, processes: int) -> JobCgroup:
-        memory_dir = pids_dir = None
+        memory_dir = pids_dir = freezer_dir = None
         if self.memory_parent is not None:
             memory_dir = self.memory_parent / name
             memory_dir.mkdir()
@@ -51,7 +60,12 @@ class Cgroups:
             if pids_dir != memory_dir:
                 pids_dir.mkdir()
             _write(pids_dir / "pids.max", processes)
-        return JobCgroup(version=self.version, memory_dir=memory_dir, pids_dir=pids_dir)
+        if self.version == 2:
+            freezer_dir = memory_dir or pids_dir
+        elif self.freezer_parent is not None:
+            freezer_dir = self.freezer_parent / name
+            freezer_dir.mkdir()
+        return JobCgroup(version=self.version, memory_dir=memory_dir, pids_dir=pids_dir, freezer_dir=freezer_dir)
 
 
 @dataclass
@@ -66,10 +80,49 @@ class JobCgroup:
     version: int
     memory_dir: Path | None
     pids_dir: Path | None
+    freezer_dir: Path | None = None
 
     @property
     def dirs(self) -> list[Path]:
-        return list(dict.fromkeys(d for d in (self.memory_dir, self.pids_dir) if d is not None))
+        return list(dict.fromkeys(d for d in (self.memory_dir, self.pids_dir, self.freezer_dir) if d is not None))
+
+    @property
+    def can_freeze(self) -> bool:
+        return self.freezer_dir is not None
+
+    def freeze(self) -> bool:
+        """Stop every process of the job until ``thaw``; True once the kernel says they all are."""
+        return self._set_frozen(True)
+
+    def thaw(self) -> bool:
+        return self._set_frozen(False)
+
+    def _set_frozen(self, frozen: bool) -> bool:
+        if self.freezer_dir is None:
+            return False
+        if self.version == 2:
+            control, value, state = "cgroup.freeze", "1" if frozen else "0", "cgroup.events"
+        else:
+            control, value, state = "freezer.state", "FROZEN" if frozen else "THAWED", "freezer.state"
+        try:
+            _write(self.freezer_dir / control, value)
+        except OSError:
+            return False
+        deadline = time.monotonic() + FREEZE_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                text = (self.freezer_dir / state).read_text()
+            except OSError:
+                return False
+            settled = (
+                _keyed(self.freezer_dir / state).get("frozen") == int(frozen)
+                if self.version == 2
+                else (text.strip() == value)
+            )
+            if settled:
+                return True
+            time.sleep(0.0005)
+        return False
 
     def join_current_process(self) -> None:
         """Move the calling process (the child, before exec) into the job's cgroups."""
@@ -99,6 +152,8 @@ class JobCgroup:
         the leftover list) if a process survived ``KILL_WAIT_SECONDS`` of SIGKILL."""
         deadline = time.monotonic() + KILL_WAIT_SECONDS
         removed = True
+        if self.freezer_dir is not None and self.freezer_dir.exists():
+            self.thaw()  # a v1-frozen process does not die until it is thawed
         for directory in reversed(self.dirs):
             if not directory.exists():
                 continue
@@ -219,17 +274,19 @@ def detect_cgroups() -> Cgroups:
     if wanted in ("auto", "v1"):
         found: dict[str, Path] = {}
         for mount_point, root, fstype, options in mounts:
-            for controller in ("memory", "pids"):
+            for controller in ("memory", "pids", "freezer"):
                 if fstype == "cgroup" and controller in options and controller in own:
                     directory = _in_mount(mount_point, root, own[controller])
                     if _usable(directory):
                         found.setdefault(controller, directory)
-        if found:
+        if found.keys() & {"memory", "pids"}:
             missing = {"memory", "pids"} - set(found)
-            note = "cgroup v1 " + " and ".join(f"{c} at {d}" for c, d in sorted(found.items()))
+            note = "cgroup v1 " + ", ".join(f"{c} at {d}" for c, d in sorted(found.items()))
             if missing:
                 note += f"; {', '.join(sorted(missing))} limited by rlimits"
-            return Cgroups(1, found.get("memory"), found.get("pids"), note)
+            if "freezer" not in found:
+                note += "; no freezer (timings are not guarded against a job's background work)"
+            return Cgroups(1, found.get("memory"), found.get("pids"), note, found.get("freezer"))
         notes.append("cgroup v1: no writable memory or pids hierarchy")
     return Cgroups(0, None, None, "; ".join(notes) + ": memory and processes limited by rlimits only")
 
@@ -260,4 +317,4 @@ def _detect_v2(mounts, own) -> Cgroups | str:
                 f"cgroup v2: cannot enable memory and pids for children of {base} ({exc.strerror}); point "
                 "AISYS_CGROUP_PARENT at an empty delegated cgroup (see docs/security.md)"
             )
-    return Cgroups(2, base, base, f"cgroup v2 at {base}")
+    return Cgroups(2, base, base, f"cgroup v2 at {base}", base)

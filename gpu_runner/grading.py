@@ -15,57 +15,39 @@ import io
 import math
 import re
 import socket
-import textwrap
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from gpu_runner import compile_cache, launcher, outputs, sandbox
+from gpu_runner import compile_cache, launcher, sandbox, timing
 from gpu_runner.events import EventSink
-from gpu_runner.jobfolder import JobFolder, UnsafeFile
+from gpu_runner.jobfolder import JobFolder
+from gpu_runner.jobsetup import (
+    MAX_COMPILER_CHARS,
+    MAX_MESSAGE_CHARS,
+    describe_error,
+    harness_command,
+    job_environment,
+    new_job_folder,
+    read_record,
+)
 from gpu_runner.text import bounded
 from kernels import devices
 from labs.catalog import Lab, LabError, find_lab
-from labs.grading import CheckFailed
+from labs.trusted import CheckFailed
 
-HARNESS = Path(__file__).with_name("harness.py")
-KERNELS = Path(__file__).resolve().parent.parent / "kernels"
-LABS = Path(__file__).resolve().parent.parent / "labs"
-# What a lab's run() may import from the runner folder: the timing harness and the rank launcher of
-# distributed labs, not the reference kernels or the graders.
-RUNNER_LIBRARY = {
-    "lib/kernels/__init__.py": KERNELS / "__init__.py",
-    "lib/kernels/bench.py": KERNELS / "bench.py",
-    "lib/labs/__init__.py": LABS / "__init__.py",
-    "lib/labs/ranks.py": LABS / "ranks.py",
-}
 # A source file at the end of a path in a compiler message: "/job/.torch_extensions/ext/main.cpp:5:3"
 # is shown as "main.cpp:5:3". Matched per whitespace-free token, so the work is linear in the text.
 SOURCE_NAME = re.compile(r"[\w.-]+\.(?:cpp|cu|h|cuh)(?=[:\s]|$)")
 TOKEN = re.compile(r"\S+")
-# Text from the job (error messages, tracebacks, what a check quotes of an output) is cut to these
-# lengths before it is kept, stored or shown, whatever the harness in the sandbox claims to have cut.
-MAX_MESSAGE_CHARS = 4000
 MAX_SUMMARY_CHARS = 8000
-MAX_COMPILER_CHARS = 16000
 MAX_LABEL_CHARS = 64  # a timed batch's label
 MAX_BATCHES_PER_CASE = 16
 DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 RESULT_TAIL_CHARS = 2000
 UNRANKED_NO_GPU = "no GPU worker"  # why a correct GPU-lab result carries no metric
-# The whole environment of a job's process: nothing of the worker's (no REDIS_URL, no secrets).
-CLEAN_ENV = {
-    "PATH": "/usr/local/bin:/usr/bin:/bin",
-    "LANG": "C.UTF-8",
-    "USER": "sandbox",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    # c10d warns on every rank of a distributed lab that the sandbox's hostname does not resolve.
-    "TORCH_CPP_LOG_LEVEL": "ERROR",
-}  # no PYTHON* variables: the harness runs with -I, which ignores them (-B and -u say it instead)
 
 
 @dataclass
@@ -90,6 +72,7 @@ class Grading:
     job_id: int | str
     lab: Lab
     sink: EventSink
+    files: dict[str, str]  # the submission
     cases: list[dict]
     tests: list[TestOutcome]
     folder: JobFolder
@@ -142,6 +125,10 @@ def _grade(message: dict, sink: EventSink, lab: Lab | None) -> dict:
         outcome = start(grading)
         if grading.build_key and grading.build_cache == "miss":
             compile_cache.save(grading.folder, grading.build_key, owner=grading.owner)
+        if _finished(grading, outcome):
+            timing.run_timed_cases(
+                grading, check=lambda index, runtime, output: _check(grading, index, runtime, output)
+            )
         return report(grading, outcome, message)
     except Exception:  # noqa: BLE001
         return _infrastructure_error(message, sink, marks, "grading failed:\n" + traceback.format_exc())
@@ -167,13 +154,9 @@ def prepare(message: dict, sink: EventSink, *, lab: Lab | None = None) -> Gradin
         raise LabError(f"files {unknown} are not allowed by the lab (allowed: {list(lab.allowed_files)})")
     config = sandbox.config()
     limits = {**lab.limits.as_dict(), **message.get("limits", {})}
-    folder = sandbox.create_job_folder(message["job_id"], config=config, disk_mb=int(limits["disk_mb"]))
+    folder = new_job_folder(message["job_id"], lab=lab, grader=grader, config=config, limits=limits)
     for name, text in message["files"].items():
         folder.write_box_file(name, text.encode("utf-8"))
-    folder.add_runner_file("harness.py", HARNESS.read_text(encoding="utf-8"))
-    folder.add_runner_file("lab_run.py", textwrap.dedent(inspect.getsource(grader.run)))
-    for name, source in RUNNER_LIBRARY.items():
-        folder.add_runner_file(name, source.read_text(encoding="utf-8"))
     owner = str(message.get("owner", ""))
     build_key = (
         compile_cache.source_key(message["files"], owner=owner, device=device) if lab.builds_extensions else None
@@ -186,6 +169,7 @@ def prepare(message: dict, sink: EventSink, *, lab: Lab | None = None) -> Gradin
     tests = [TestOutcome(name=c["name"], points=float(c.get("points", 1.0))) for c in cases]
     sink.publish("progress", {"phase": "tests", "done": 0, "total": len(cases)})
     return Grading(
+        files=dict(message["files"]),
         owner=owner,
         build_key=build_key,
         build_cache=build_cache,
@@ -204,34 +188,15 @@ def prepare(message: dict, sink: EventSink, *, lab: Lab | None = None) -> Gradin
 
 def start(grading: Grading) -> launcher.ProcessOutcome:
     folder = grading.folder
-    scratch = "/tmp" if folder.sandboxed else folder.box_inside
-    env = {
-        **CLEAN_ENV,
-        "HOME": scratch,
-        "TMPDIR": scratch,
-        "TRITON_CACHE_DIR": f"{scratch}/.triton",
-        "TORCH_EXTENSIONS_DIR": f"{folder.box_inside}/{compile_cache.EXTENSIONS_DIR}",
-    }
-    gpus: tuple[int, ...] = ()
-    if grading.device == "cuda":
-        gpus = sandbox.assigned_gpus()
-    elif grading.interpreted:
-        env["TRITON_INTERPRET"] = "1"
-    command = [
-        grading.config.python_inside,
-        "-I",  # isolated: no PYTHON* variables, no user site, no script folder on sys.path
-        "-B",  # no __pycache__ in the job folder
-        "-u",
-        f"{folder.runner_inside}/harness.py",
-        folder.box_inside,
-        grading.lab.entry,
-        ",".join(grading.lab.forbidden),
-    ]
+    gpus = sandbox.assigned_gpus() if grading.device == "cuda" else ()
+    command = harness_command(
+        grading.config, folder, mode="cases", entry=grading.lab.entry, forbidden=grading.lab.forbidden
+    )
     grading.marks["launched"] = time.time()
     return launcher.launch(
         command,
         sandbox=sandbox.Sandbox(grading.config, folder, grading.limits, gpus),
-        env=env,
+        env=job_environment(folder, device=grading.device, interpreted=grading.interpreted),
         on_output=lambda text: grading.sink.publish("log", {"stream": "output", "text": text}),
         on_event=lambda event: collect(grading, event),
     )
@@ -245,12 +210,18 @@ def collect(grading: Grading, event: dict) -> bytes | None:
     elif kind == "imported" and "imported" not in grading.marks:
         # Only now, with the student's module imported, do the inputs enter the sandbox, under a
         # name the submission cannot have prepared a link for.
-        payload = {"cases": [{"name": c["name"], "inputs": c["inputs"]} for c in grading.cases]}
+        payload = {
+            "cases": [
+                {"index": i, "name": c["name"], "inputs": c["inputs"]}
+                for i, c in enumerate(grading.cases)
+                if "timed" not in c  # timed cases run later, in the timing phase (gpu_runner/timing.py)
+            ]
+        }
         name = grading.folder.write_box_file("_cases.pt", _serialize(payload), unique=True)
         grading.marks["imported"] = time.time()
         return f"go {name}\n".encode()
     elif kind == "import_failed":
-        grading.import_error = _read_output(grading, "import").get("error")
+        grading.import_error = read_record(grading.folder, "import").get("error")
     elif kind == "case_start" and isinstance(event.get("index"), int):
         grading.current_case = event["index"]
     elif kind == "bench_begin" and grading.current_case is not None:
@@ -297,78 +268,52 @@ def _serialize(obj) -> bytes:
 
 def _check_case(grading: Grading, index: int, duration: float) -> None:
     test = grading.tests[index]
-    if test.outcome != "not_run":
+    if test.outcome != "not_run" or "timed" in grading.cases[index]:
         return  # each case is checked once, however often the channel repeats itself
     test.duration = round(duration, 4) if isinstance(duration, float) and 0 <= duration < 1e6 else 0.0
-    record = _read_output(grading, index)
+    record = read_record(grading.folder, index)
     if not record.get("ok"):
         error = record["error"]
         grading.case_errors.append(error)
-        test.settle("failed", _describe_error(error))
-    else:
-        try:
-            case = grading.cases[index]
-            if "benchmark" in case or index in grading.batches:
-                case = {**case, "runtime": _runtime(grading, index)}
-            verdict = grading.grader.check(case, record.get("value"))
-            message = verdict.get("message") if isinstance(verdict, dict) else None
-            test.settle("passed", message if isinstance(message, str) else "")
-            if isinstance(verdict, dict) and isinstance(verdict.get("metric"), (int, float)):
-                grading.metric = float(verdict["metric"])
-        except CheckFailed as exc:
-            test.settle("failed", str(exc))
-        except Exception as exc:  # noqa: BLE001 - malformed output tripping the checker
-            test.settle("failed", f"the output could not be checked: {type(exc).__name__}: {bounded(exc, 500)}")
+        test.settle("failed", describe_error(error))
+        _publish_test(grading, test)
+        return
+    runtime = _runtime(grading, index) if "benchmark" in grading.cases[index] or index in grading.batches else None
+    _check(grading, index, runtime, record.get("value"))
+
+
+def _check(grading: Grading, index: int, runtime: dict | None, output) -> None:
+    """The grader's ``check`` of case ``index`` on ``output`` (what the student's process returned),
+    with ``runtime`` (what the worker measured) in ``case["runtime"]``."""
+    test = grading.tests[index]
+    case = grading.cases[index] if runtime is None else {**grading.cases[index], "runtime": runtime}
+    try:
+        verdict = grading.grader.check(case, output)
+        message = verdict.get("message") if isinstance(verdict, dict) else None
+        test.settle("passed", message if isinstance(message, str) else "")
+        if isinstance(verdict, dict) and isinstance(verdict.get("metric"), (int, float)):
+            grading.metric = float(verdict["metric"])
+    except CheckFailed as exc:
+        test.settle("failed", str(exc))
+    except Exception as exc:  # noqa: BLE001 - malformed output tripping the checker
+        test.settle("failed", f"the output could not be checked: {type(exc).__name__}: {bounded(exc, 500)}")
+    _publish_test(grading, test)
+
+
+def _publish_test(grading: Grading, test: TestOutcome) -> None:
     grading.sink.publish("test", test.as_dict())
     done = sum(t.outcome != "not_run" for t in grading.tests)
     grading.sink.publish("progress", {"phase": "tests", "done": done, "total": len(grading.tests)})
 
 
-def _read_output(grading: Grading, index: int | str) -> dict:
-    """The record the harness saved for case ``index`` (or "import"), checked and bounded:
-    ``{"ok": True, "value": ...}`` or ``{"ok": False, "error": {...}}`` with the error's fields cut."""
-    try:
-        data = grading.folder.read_box_file("_outputs", f"{index}.pt", max_bytes=outputs.MAX_FILE_BYTES)
-        record = outputs.load(data)
-    except FileNotFoundError:
-        return _failure("NoOutput", "the harness wrote no output for this case")
-    except (UnsafeFile, outputs.BadOutput) as exc:
-        return _failure("BadOutput", f"the output was not readable: {exc}")
-    if not isinstance(record, dict) or not isinstance(record.get("ok"), bool):
-        return _failure("BadOutput", "malformed output")
-    if record["ok"]:
-        return {"ok": True, "value": record.get("value")}
-    error = record.get("error") if isinstance(record.get("error"), dict) else {}
-    code = error.get("errno")
-    return {
-        "ok": False,
-        "error": {
-            "type": bounded(error.get("type", "an error"), 100),
-            "message": bounded(error.get("message", ""), MAX_COMPILER_CHARS),
-            "traceback": bounded(error.get("traceback", ""), MAX_MESSAGE_CHARS),
-            "forbidden": bounded(error.get("forbidden") or "", 200),
-            "errno": code if isinstance(code, int) and not isinstance(code, bool) else None,
-        },
-    }
-
-
-def _failure(kind: str, message: str) -> dict:
-    return {"ok": False, "error": {"type": kind, "message": message, "traceback": "", "forbidden": "", "errno": None}}
-
-
-def _describe_error(error: dict) -> str:
-    if error.get("forbidden"):
-        return bounded(error.get("message") or "forbidden call", MAX_MESSAGE_CHARS)
-    text = f"raised {error.get('type', 'an error')}: {bounded(error.get('message', ''), MAX_MESSAGE_CHARS // 2)}"
-    if error.get("traceback"):
-        text += "\n" + _student_frames(error["traceback"])
-    return text
-
-
-def _student_frames(trace: str) -> str:
-    """The last lines of a traceback, where the student's code usually is."""
-    lines = [line for line in trace.strip().splitlines() if line.strip()]
-    return "\n".join(lines[-8:])
+def _finished(grading: Grading, outcome: launcher.ProcessOutcome) -> bool:
+    """The test job ran every untimed case to the end, within its limits."""
+    untimed = [t for t, c in zip(grading.tests, grading.cases, strict=True) if "timed" not in c]
+    return (
+        all(t.outcome != "not_run" for t in untimed)
+        and not (outcome.timed_out or outcome.output_limited or outcome.memory_limited or outcome.processes_limited)
+        and grading.import_error is None
+    )
 
 
 def report(grading: Grading, outcome: launcher.ProcessOutcome, message: dict) -> dict:
@@ -446,7 +391,7 @@ def _verdict(grading: Grading, outcome: launcher.ProcessOutcome) -> tuple[str, s
         compiler = compiler_errors(grading.import_error.get("message", ""))
         if compiler:
             return "failed", "compile_error", f"Your C++/CUDA code did not compile:\n{compiler}"
-        return "failed", "import_error", f"Your module could not be imported: {_describe_error(grading.import_error)}"
+        return "failed", "import_error", f"Your module could not be imported: {describe_error(grading.import_error)}"
     if outcome.timed_out:
         return (
             "timed_out",

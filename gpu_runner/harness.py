@@ -12,7 +12,7 @@ nothing it writes is trusted beyond being data.
 The runner folder's ``lib/`` (``kernels/bench.py``, the timing harness) is importable, so a
 lab's ``run`` can ``from kernels import bench``; the reference kernels are not shipped.
 
-Usage: python harness.py <job folder> <entry file> <forbidden dotted names, comma separated>
+Usage: python harness.py cases|timed <job folder> <entry file> <forbidden dotted names, comma separated>
 """
 
 from __future__ import annotations
@@ -27,12 +27,15 @@ import time
 import traceback
 import types
 
+import numpy
 import torch
 
 EVENT_FD = int(os.environ.get("AISYS_EVENT_FD", "-1"))
 OUTPUT_DIR = "_outputs"
 RUNNER = os.path.dirname(os.path.abspath(__file__))
-RUN_SOURCE = os.path.join(RUNNER, "lab_run.py")
+RUN_SOURCE = os.path.join(RUNNER, "lab_run.py")  # lab contract v1: the source of the grader's run()
+RUN_MODULE = os.path.join(RUNNER, "lab", "run.py")  # lab contract v2: the lab's run.py
+CALLS = os.path.join(RUNNER, "calls")  # timed calls' inputs: this process may open them by name, not list them
 
 
 class ForbiddenCall(Exception):
@@ -172,44 +175,151 @@ def _save(index: int | str, record: dict) -> None:
         )
 
 
-def main(argv: list[str]) -> int:
-    workdir, entry, forbidden = argv[1], argv[2], [n for n in argv[3].split(",") if n]
+def _import_run_module():
+    """The lab's run.py (contract v2) as a module, or the source of a v1 grader's run() to exec."""
+    if os.path.exists(RUN_MODULE):
+        spec = importlib.util.spec_from_file_location("lab_run", RUN_MODULE)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["lab_run"] = module
+        spec.loader.exec_module(module)
+        return module, 2
+    return None, 1
+
+
+def _exec_v1_run(harness: Harness):
+    run_module = types.ModuleType("lab_run")
+    run_module.harness = harness
+    with open(RUN_SOURCE, encoding="utf-8") as f:
+        exec(compile(f.read(), "lab_run.py", "exec"), run_module.__dict__)
+    return run_module
+
+
+def _start(argv: list[str]):
+    """Common to both modes: the job folder, the run module, the patches, the submission's import."""
+    workdir, entry, forbidden = argv[2], argv[3], [n for n in argv[4].split(",") if n]
     os.chdir(workdir)
     sys.path.insert(0, workdir)
     sys.path.append(os.path.join(RUNNER, "lib"))
     os.makedirs(OUTPUT_DIR, exist_ok=True)
+    run_module, contract = _import_run_module()  # the lab's code first: nothing of the student's ran yet
     harness = Harness(forbidden)
-    patch = harness.patch  # held in this frame: the student's module cannot swap it out
     emit("started")
-    patch()
+    harness.patch()
     try:
         student = importlib.import_module(entry.removesuffix(".py"))
     except BaseException as exc:  # noqa: BLE001 - any failure at import is the submission's
         _save("import", {"ok": False, "error": _error(exc)})
         emit("import_failed")
-        return 3
+        return None
     emit("imported")
+    if contract == 1:
+        run_module = _exec_v1_run(harness)
+        return student, harness, lambda module, inputs: run_module.run(module, inputs)
+    return student, harness, lambda module, inputs: run_module.run(module, inputs, harness)
+
+
+def main(argv: list[str]) -> int:
+    mode = argv[1]
+    started = _start(argv)
+    if started is None:
+        return 3
+    student, harness, run = started
+    patch = harness.patch  # held in this frame: the student's module cannot swap it out
+    if mode == "timed":
+        return _serve_timed_calls(student, harness, sys.modules.get("lab_run"))
     command, _, cases_file = sys.stdin.readline().strip().partition(" ")
     if command != "go" or os.path.basename(cases_file) != cases_file or not cases_file:
         return 4
     payload = torch.load(cases_file, weights_only=True)
     os.unlink(cases_file)
-    run_module = types.ModuleType("lab_run")
-    run_module.harness = harness
-    with open(RUN_SOURCE, encoding="utf-8") as f:
-        exec(compile(f.read(), "lab_run.py", "exec"), run_module.__dict__)
-    for index, case in enumerate(payload["cases"]):
+    for case in payload["cases"]:
+        index = case["index"]
         emit("case_start", index=index, name=case["name"])
-        started = time.perf_counter()
+        started_at = time.perf_counter()
         patch()
         try:
-            record = {"ok": True, "value": run_module.run(student, _clone(case["inputs"]))}
+            record = {"ok": True, "value": run(student, _clone(case["inputs"]))}
         except BaseException as exc:  # noqa: BLE001 - reported per case, the next case still runs
             record = {"ok": False, "error": _error(exc)}
         _save(index, record)
-        emit("case_done", index=index, duration=time.perf_counter() - started)
+        emit("case_done", index=index, duration=time.perf_counter() - started_at)
     emit("done")
     return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# timed calls (docs/authoring-labs.md, "Timed cases"): the worker times each call on its own clock
+# ------------------------------------------------------------------------------------------------
+
+
+def _serve_timed_calls(module, harness: Harness, run_module) -> int:
+    """Answer the worker's commands until it stops this process.
+
+    ``setup <file>``: the timed case's static inputs and the probes (nothing secret: read once,
+    untimed). ``call <n> <file>``: map the call's inputs, which the worker wrote a moment ago
+    under a name nobody could list, call the lab's ``timed(module, inputs, harness)``, and reply
+    ``called`` with the fingerprint of what it returned: each output's dot product with its probe.
+    The worker's clock runs from writing ``call`` to reading ``called``, so the work, and reading
+    every element of the result (a lazy ``.grad`` included), happens inside it; the worker then
+    checks each fingerprint against its own computation. This process keeps no time that counts.
+    """
+    static: dict = {}
+    probes: dict = {}
+    patch = harness.patch
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        command, *args = line.split()
+        if command == "setup" and len(args) == 1:
+            setup = torch.load(os.path.join(CALLS, os.path.basename(args[0])), weights_only=True)
+            static, probes = setup["inputs"], setup["probes"]
+            emit("ready")
+        elif command == "call" and len(args) == 2:
+            number = int(args[0])
+            try:
+                inputs = _load_bundle(os.path.join(CALLS, os.path.basename(args[1])))
+                patch()
+                fingerprint = _fingerprint(run_module.timed(module, {**static, **inputs}, harness), probes)
+            except BaseException as exc:  # noqa: BLE001 - the worker stops timing and reports it
+                _save("timed", {"ok": False, "error": _error(exc)})
+                emit("call_failed", n=number)
+                continue
+            emit("called", n=number, fp=fingerprint)
+        else:
+            return 4
+
+
+def _load_bundle(path: str) -> dict:
+    """A call's inputs: a JSON header (values, and each tensor's dtype, shape and offset), then the
+    tensors' bytes, mapped copy-on-write rather than read (``gpu_runner.timing.write_bundle``)."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    data = torch.from_file(path, shared=False, size=os.path.getsize(path), dtype=torch.uint8)
+    inputs = dict(header["values"])
+    for name, dtype, shape, offset, nbytes in header["tensors"]:
+        inputs[name] = data[offset : offset + nbytes].view(getattr(torch, dtype)).reshape(shape)
+    return inputs
+
+
+def _fingerprint(output, probes: dict) -> dict[str, float]:
+    """``{name: dot(output[name], probe)}`` for every probe: reads every element of every output."""
+    if type(output) is not dict:
+        raise TypeError(f"timed() returned a {type(output).__name__}; return a dict of named tensors")
+    found = {}
+    for name, probe in probes.items():
+        value = output.get(name)
+        if type(value) is numpy.ndarray:
+            value = torch.from_numpy(value)
+        if type(value) not in (torch.Tensor, torch.nn.Parameter):
+            raise TypeError(
+                f"timed() returned {type(value).__name__} for '{name}'; return a torch.Tensor or numpy array"
+            )
+        if tuple(value.shape) != tuple(probe.shape):
+            raise ValueError(f"timed() returned '{name}' of shape {tuple(value.shape)}, expected {tuple(probe.shape)}")
+        found[name] = float(torch.dot(value.detach().reshape(-1).to(probe.dtype), probe.reshape(-1)))
+    return found
 
 
 if __name__ == "__main__":

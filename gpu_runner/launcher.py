@@ -64,76 +64,69 @@ def launch(
     ``on_event`` receives each JSON line the process writes on its event channel (the file
     descriptor named by AISYS_EVENT_FD); bytes it returns are written to the process's stdin.
     """
-    event_read, event_write = os.pipe()
-    options_read, options_write = os.pipe()
-    env = {**env, "AISYS_EVENT_FD": str(event_write)}
-    limits = sandbox.limits
-    argv, options = sandbox.argv(command, options_fd=options_read)
-    started = time.monotonic()
+    process = JobProcess(command, sandbox=sandbox, env=env, on_output=on_output, on_event=on_event)
     try:
-        os.write(options_write, options)  # a few KiB: within the pipe's buffer
-        os.close(options_write)
-        proc = subprocess.Popen(
-            argv,
-            cwd=sandbox.cwd,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            pass_fds=(event_write, options_read),
-            start_new_session=True,
-            preexec_fn=sandbox.preexec,
-        )
-    except BaseException:
-        os.close(event_read)
-        sandbox.release()
-        raise
+        while process.pump(process.deadline - time.monotonic()):
+            pass
     finally:
-        os.close(event_write)
-        os.close(options_read)
-    try:
-        loop = _Loop(proc, event_read, on_output=on_output, on_event=on_event)
-        loop.run(deadline=started + float(limits["wall_seconds"]), budget=int(limits["output_bytes"]))
-    finally:
-        _kill_group(proc)
-        os.close(event_read)
-        for stream in (proc.stdin, proc.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
-    returncode = proc.wait()
-    usage = sandbox.usage()
-    sandbox.release()
-    return ProcessOutcome(
-        returncode=returncode,
-        signal_name=sandbox.exit_signal(returncode),
-        timed_out=loop.timed_out,
-        output_limited=loop.output_limited,
-        output_bytes=loop.output_bytes,
-        output_tail=bytes(loop.tail).decode("utf-8", errors="replace"),
-        wall_seconds=time.monotonic() - started,
-        memory_limited=usage.oom_kills > 0,
-        peak_memory_bytes=usage.peak_memory_bytes,
-        processes_limited=usage.pids_limited,
-        events_dropped=loop.events_dropped,
-    )
+        outcome = process.stop()
+    return outcome
 
 
-class _Loop:
-    """One job's pipes, read and written without ever blocking on the job."""
+class JobProcess:
+    """One untrusted process in its sandbox: started, its pipes read and written without ever
+    blocking on it, held to its wall time and output budget, and killed with all it started.
 
-    def __init__(self, proc: subprocess.Popen, event_fd: int, *, on_output, on_event):
-        self.proc = proc
+    ``launch`` runs one to the end; ``gpu_runner.timing`` drives two at once, call by call.
+    """
+
+    def __init__(
+        self,
+        command: list[str],
+        *,
+        sandbox: Sandbox,
+        env: dict[str, str],
+        on_output: Callable[[str], None],
+        on_event: Callable[[dict], bytes | None],
+    ):
+        self.sandbox = sandbox
         self.on_output = on_output
         self.on_event = on_event
+        self.budget = int(sandbox.limits["output_bytes"])
+        event_read, event_write = os.pipe()
+        options_read, options_write = os.pipe()
+        argv, options = sandbox.argv(command, options_fd=options_read)
+        self.started = time.monotonic()
+        self.deadline = self.started + float(sandbox.limits["wall_seconds"])
+        try:
+            os.write(options_write, options)  # a few KiB: within the pipe's buffer
+            os.close(options_write)
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=sandbox.cwd,
+                env={**env, "AISYS_EVENT_FD": str(event_write)},
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                pass_fds=(event_write, options_read),
+                start_new_session=True,
+                preexec_fn=sandbox.preexec,
+            )
+        except BaseException:
+            os.close(event_read)
+            sandbox.release()
+            raise
+        finally:
+            os.close(event_write)
+            os.close(options_read)
+        self.event_fd = event_read
+        self.stdin = self.proc.stdin.fileno()
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.selector = selectors.DefaultSelector()
-        for fd in (proc.stdout.fileno(), event_fd, proc.stdin.fileno()):
+        for fd in (self.proc.stdout.fileno(), event_read, self.stdin):
             os.set_blocking(fd, False)
-        self.selector.register(proc.stdout.fileno(), selectors.EVENT_READ, "output")
-        self.selector.register(event_fd, selectors.EVENT_READ, "event")
-        self.stdin = proc.stdin.fileno()
+        self.selector.register(self.proc.stdout.fileno(), selectors.EVENT_READ, "output")
+        self.selector.register(event_read, selectors.EVENT_READ, "event")
         self.open_streams = 2
         self.tail = bytearray()
         self.output_bytes = 0
@@ -143,45 +136,86 @@ class _Loop:
         self.events_dropped = 0
         self.pending = bytearray()  # replies not yet written to the job's stdin
         self.done_at: float | None = None
+        self.ended = False
 
-    def run(self, *, deadline: float, budget: int) -> None:
-        try:
-            while self.open_streams:
-                now = time.monotonic()
-                if self.done_at is not None and now > self.done_at + EXIT_GRACE_SECONDS:
-                    return
-                remaining = deadline - now
-                if remaining <= 0:
-                    self.timed_out = True
-                    return
-                ready = self.selector.select(timeout=min(remaining, 0.5))
-                if not ready and self.proc.poll() is not None:
-                    return  # exited; a leftover child holding the pipes open is killed by the caller
-                for key, _ in ready:
-                    if key.data == "stdin":
-                        self._write_pending()
-                        continue
-                    try:
-                        chunk = os.read(key.fd, 65536)
-                    except BlockingIOError:
-                        continue
-                    if not chunk:
-                        self.selector.unregister(key.fd)
-                        self.open_streams -= 1
-                    elif key.data == "output":
-                        if not self._output(chunk, budget):
-                            self.output_limited = True
-                            return
-                    else:
-                        self._events(chunk)
-        finally:
-            self.selector.close()
+    def pump(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds (never past the deadline) for the job's pipes and handle
+        what arrived; False once the job is over (exited, done, over a limit)."""
+        if self.ended:
+            return False
+        now = time.monotonic()
+        if self.done_at is not None and now > self.done_at + EXIT_GRACE_SECONDS:
+            return self._end()
+        if not self.open_streams:
+            return self._end()
+        remaining = self.deadline - now
+        if remaining <= 0:
+            self.timed_out = True
+            return self._end()
+        ready = self.selector.select(timeout=max(0.0, min(timeout, remaining, 0.5)))
+        if not ready and self.proc.poll() is not None:
+            return self._end()  # exited; a leftover child holding the pipes open is killed in stop()
+        for key, _ in ready:
+            if key.data == "stdin":
+                self._write_pending()
+                continue
+            try:
+                chunk = os.read(key.fd, 65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                self.selector.unregister(key.fd)
+                self.open_streams -= 1
+            elif key.data == "output":
+                if not self._output(chunk):
+                    self.output_limited = True
+                    return self._end()
+            else:
+                self._events(chunk)
+        return True
 
-    def _output(self, chunk: bytes, budget: int) -> bool:
+    def send(self, data: bytes) -> None:
+        """Queue ``data`` for the job's stdin; it is written as the job reads."""
+        self._queue(data)
+
+    def stop(self) -> ProcessOutcome:
+        """Kill the job and everything it started, and say how it ended."""
+        self.ended = True
+        self.sandbox.thaw()  # a frozen process cannot die (cgroup v1) until it is thawed
+        _kill_group(self.proc)
+        self.selector.close()
+        os.close(self.event_fd)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        returncode = self.proc.wait()
+        usage = self.sandbox.usage()
+        self.sandbox.release()
+        return ProcessOutcome(
+            returncode=returncode,
+            signal_name=self.sandbox.exit_signal(returncode),
+            timed_out=self.timed_out,
+            output_limited=self.output_limited,
+            output_bytes=self.output_bytes,
+            output_tail=bytes(self.tail).decode("utf-8", errors="replace"),
+            wall_seconds=time.monotonic() - self.started,
+            memory_limited=usage.oom_kills > 0,
+            peak_memory_bytes=usage.peak_memory_bytes,
+            processes_limited=usage.pids_limited,
+            events_dropped=self.events_dropped,
+        )
+
+    def _end(self) -> bool:
+        self.ended = True
+        return False
+
+    def _output(self, chunk: bytes) -> bool:
         self.output_bytes += len(chunk)
         self.tail += chunk
         del self.tail[:-TAIL_BYTES]
-        if self.output_bytes > budget:
+        if self.output_bytes > self.budget:
             return False
         self.on_output(self.decoder.decode(chunk))
         return True
@@ -215,12 +249,14 @@ class _Loop:
         self._write_pending()
 
     def _write_pending(self) -> None:
+        if self.ended:
+            return
         while self.pending:
             try:
                 written = os.write(self.stdin, self.pending)
             except BlockingIOError:
                 break
-            except (BrokenPipeError, OSError):
+            except OSError:  # the job closed its stdin or exited
                 self.pending.clear()
                 break
             del self.pending[:written]

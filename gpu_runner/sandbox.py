@@ -199,9 +199,7 @@ def sweep_stale(cfg: Config) -> int:
     the same host are left alone. Returns how many were removed.
     """
     removed = 0
-    places = [Path(tempfile.gettempdir())] + [
-        p for p in {cfg.cgroups.memory_parent, cfg.cgroups.pids_parent} if p is not None
-    ]
+    places = [Path(tempfile.gettempdir()), *cfg.cgroups.parents]
     for place in places:
         for path in place.glob("*aisys-job-*-p*-*"):
             pid = _creator_pid(path.name)
@@ -210,7 +208,8 @@ def sweep_stale(cfg: Config) -> int:
             if place == places[0]:
                 JobFolder(path, sandboxed=True, mounted=os.path.ismount(path / "box"), disk_mb=0).remove()
             else:
-                JobCgroup(cfg.cgroups.version, path, path).destroy()
+                frozen = path if place == cfg.cgroups.freezer_parent else None  # thawed first, then killed
+                JobCgroup(cfg.cgroups.version, path, path, frozen).destroy()
             removed += not path.exists()
     return removed
 
@@ -389,6 +388,13 @@ class Sandbox:
 
     def usage(self) -> CgroupUsage:
         return self.cgroup.usage() if self.cgroup is not None else CgroupUsage()
+
+    def freeze(self) -> bool:
+        """Stop the job's processes (False where this worker has no freezer); ``thaw`` resumes them."""
+        return self.cgroup is not None and self.cgroup.freeze()
+
+    def thaw(self) -> bool:
+        return self.cgroup is not None and self.cgroup.thaw()
 
     def release(self) -> None:
         """Kill what is left of the job and remove its cgroups; safe to call more than once."""

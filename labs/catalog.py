@@ -92,6 +92,19 @@ class Lab:
     def is_gpu(self) -> bool:
         return self.resource_class.startswith("gpu")
 
+    @property
+    def run_module(self) -> Path | None:
+        """``run.py``: what runs in the sandbox (lab contract v2); None for a v1 grader's ``run()``."""
+        path = self.path / "run.py"
+        return path if path.is_file() else None
+
+    @property
+    def reference_module(self) -> Path | None:
+        """``reference.py``: the library's implementation of the student's interface, timed in a
+        clean process next to the student's calls (a timed case with ``reference``)."""
+        path = self.path / "reference.py"
+        return path if path.is_file() else None
+
     def starter_files(self) -> dict[str, str]:
         return _read_py_files(self.path / "starter")
 
@@ -115,7 +128,8 @@ class Lab:
             raise LabError(f"{grader_path}: cannot be imported")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        for name in ("cases", "run", "check"):
+        required = ("cases", "check") if self.run_module is not None else ("cases", "run", "check")
+        for name in required:
             if not callable(getattr(module, name, None)):
                 raise LabError(f"{grader_path}: must define a function {name}()")
         return module

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gpu_runner import cgroups as cgroups_module
 from gpu_runner import sandbox, settings
 from gpu_runner.cgroups import detect_cgroups
 from gpu_runner.jobfolder import UnsafeFile, remove_tree
@@ -220,3 +221,46 @@ def test_a_gpu_job_sees_exactly_one_gpu_and_uses_it():
         lab="cuda_echo",
     )
     assert result["verdict"] == "succeeded", (result["summary"], result["tests"], result["output_tail"])
+
+
+def _counter(tmp_path: Path, cgroup) -> tuple[subprocess.Popen, Path]:
+    counter = tmp_path / "count"
+    code = f"import itertools\nfor i in itertools.count():\n    open({str(counter)!r}, 'w').write(str(i))\n"
+    proc = subprocess.Popen([sys.executable, "-c", code], preexec_fn=cgroup.join_current_process)
+    while not counter.exists() or not counter.read_text():
+        assert proc.poll() is None
+    return proc, counter
+
+
+def test_a_job_cgroup_freezes_and_thaws_its_processes(tmp_path):
+    cgroups = detect_cgroups()
+    assert cgroups.freezer_parent is not None, cgroups.note  # v1 freezer here; cgroup.freeze on v2
+    cgroup = cgroups.create(f"aisys-freeze-test-p{os.getpid()}", memory_bytes=1 << 30, processes=16)
+    try:
+        proc, counter = _counter(tmp_path, cgroup)
+        assert cgroup.freeze()
+        frozen_at = counter.read_text()
+        for _ in range(50):  # a frozen process never runs, however long it is left
+            subprocess.run(["true"], check=True)
+            assert counter.read_text() == frozen_at
+        assert cgroup.thaw()
+        while counter.read_text() == frozen_at:
+            assert proc.poll() is None  # it resumes (the test's timeout bounds the wait)
+        assert cgroup.freeze()  # destroy() thaws a frozen job before it kills it
+    finally:
+        assert cgroup.destroy()
+    assert proc.wait() == -9 and not any(d.exists() for d in cgroup.dirs)
+
+
+def test_a_cgroup_that_cannot_be_removed_yet_is_retried_before_the_next_job():
+    cgroups = detect_cgroups()
+    cgroup = cgroups.create(f"aisys-leftover-test-p{os.getpid()}", memory_bytes=1 << 30, processes=16)
+    blocker = cgroup.dirs[0] / "child"  # a cgroup with a child cannot be removed
+    blocker.mkdir()
+    try:
+        assert not cgroup.destroy()
+        assert cgroup in cgroups_module._leftovers and cgroup.dirs[0].exists()
+    finally:
+        blocker.rmdir()
+    assert cgroups_module.retry_leftovers() == 0
+    assert not any(d.exists() for d in cgroup.dirs)

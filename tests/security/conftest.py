@@ -66,13 +66,21 @@ class GradingWorker:
         proc = self.stack.processes["worker-grading"]
         return proc.poll() is None and proc.pid == self.pid
 
-    def grade(self, source: str, *, limits: dict | None = None, seed: int | None = None, timeout: float = 90) -> Graded:
+    def grade(
+        self,
+        source: str,
+        *,
+        lab: str = "echo_lab",
+        limits: dict | None = None,
+        seed: int | None = None,
+        timeout: float = 90,
+    ) -> Graded:
         self.jobs += 1
         job_id = f"hostile{self.jobs}"
         stream = f"aisys:job:{job_id}:{secrets.token_hex(8)}:events"
         message = {
             "job_id": job_id,
-            "lab": {"slug": "echo_lab", "version": 1},
+            "lab": {"slug": lab, "version": 1},
             "files": {"sol.py": textwrap.dedent(source)},
             "limits": {**DEFAULT_LIMITS, **(limits or {})},
             "seed": secrets.randbelow(2**62) if seed is None else seed,
