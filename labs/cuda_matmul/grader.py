@@ -1,23 +1,26 @@
 """Grader for the ``cuda_matmul`` lab: a matmul C++/CUDA extension and a Linear Function on it.
 
-Trust split (docs/authoring-labs.md): ``cases`` and ``check`` run in the worker and hold the
-float64 references; ``run`` is shipped alone into the sandbox.
+Trust split (docs/authoring-labs.md, lab contract v2): ``cases`` and ``check`` run in the worker
+and hold the float64 references; run.py, next to this file, runs in the sandbox.
 
 What makes the extension do the work:
 
 - torch's matmul entry points are patched to raise for the whole job (``forbidden`` in lab.toml)
-  and the Tensor methods (``a @ b``, ``a.mm(b)``, ...) during every call ``run`` makes;
+  and run.py refuses the Tensor methods (``a @ b``, ``a.mm(b)``, ...) during every call;
 - inside ``matmul`` a ``TorchDispatchMode`` sees every ATen op, whether called from Python or
   from the extension's C++: only allocation, copies and views may run there, so a product
   computed by torch in any disguise (broadcast multiply and sum, ``at::mm`` from C++) fails as a
   forbidden call, while the extension's own loops and kernels are invisible to it;
 - ``MatmulLinearFunction`` must call ``matmul`` for its forward and both gradient products:
-  ``run`` counts the calls by replacing the module's ``matmul`` for the duration of a case.
+  run.py counts the calls by replacing the module's ``matmul`` for the duration of a case.
 
 The metric (GPU) is the student's TFLOP/s at 2048^3 in float32 divided by cuBLAS's (torch.mm
 with TF32 off), both timed by ``kernels.bench`` in the same job and both checked by
 ``kernels.guards``. Without a GPU the C++ path is graded for correctness and a small CPU
 benchmark against ``torch.mm`` is shown, not ranked.
+
+cuBLAS timed in the student's process is this lab's remaining gap in invariant 1
+(docs/security.md): see ``_time_cublas_in_the_students_process`` in run.py.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import math
 import torch
 
 from kernels import guards
-from labs.grading import CheckFailed, assert_close
+from labs.trusted import CheckFailed, assert_close, field
 
 # Each element must be within RTOL * |expected| + ATOL_FACTOR * RMS(expected output). The RMS term
 # stands in for an absolute tolerance at the scale of the output, for entries that cancel to
@@ -127,7 +130,7 @@ def cases(seed: int, device: str = "cpu") -> list[dict]:
         {
             "name": "matmul_non_contiguous",
             "points": 10,
-            # Stored contiguous and transposed in run(), so serialisation cannot undo the views.
+            # Stored contiguous and transposed in run.py, so serialisation cannot undo the views.
             "inputs": {
                 "kind": "matmul_transposed",
                 "device": device,
@@ -146,172 +149,6 @@ def cases(seed: int, device: str = "cpu") -> list[dict]:
     shapes = [_benchmark_shape(YOURS, size, device), _benchmark_shape(CUBLAS, size, device)]
     out.append(guards.benchmark_case(name="benchmark", seed=seed, shapes=shapes, points=10, settings=settings))
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# run: untrusted side, shipped alone into the sandbox
-# --------------------------------------------------------------------------------------------
-
-
-def run(module, inputs: dict):
-    """Call the student's ``matmul`` or ``MatmulLinearFunction`` on one case; return plain data.
-
-    Self-contained: the runner ships only this function's source into the sandbox.
-    """
-    import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    kind = inputs["kind"]
-    methods = [
-        name
-        for name in ("__matmul__", "__rmatmul__", "__imatmul__", "matmul", "mm", "bmm", "addmm", "addmm_", "mv")
-        + ("addmv", "dot", "inner", "baddbmm", "addbmm", "outer", "ger", "numpy", "tolist", "__array__")
-        if hasattr(torch.Tensor, name)
-    ]
-
-    def refuse(name):
-        def stub(*args, **kwargs):
-            raise harness.forbidden(f"torch.Tensor.{name}")  # noqa: F821 (a global set by the runner)
-
-        return stub
-
-    def patched(call):
-        """call() with torch's matmul methods raising; the originals are back afterwards."""
-        saved = {name: getattr(torch.Tensor, name) for name in methods}
-        try:
-            for name in methods:
-                setattr(torch.Tensor, name, refuse(name))
-            return call()
-        finally:
-            for name, original in saved.items():
-                setattr(torch.Tensor, name, original)
-
-    if kind == "benchmark":
-        from kernels import bench
-
-        first, second = inputs["shapes"]
-        yours = patched(lambda: bench.run_case(module.matmul, {**inputs, "shapes": [first]}, marks=harness))  # noqa: F821
-        torch.set_float32_matmul_precision("highest")  # cuBLAS in true fp32 (no TF32), like the kernel
-        reference = bench.run_case(harness.original("torch.mm"), {**inputs, "shapes": [second]}, marks=harness)  # noqa: F821
-        return {**yours, "shapes": yours["shapes"] + reference["shapes"]}
-
-    # Inside matmul torch may allocate, copy and reshape, never compute.
-    allowed = {
-        "empty", "empty_strided", "empty_like", "empty_permuted", "new_empty", "new_empty_strided",
-        "zeros", "zeros_like", "new_zeros", "ones", "ones_like", "new_ones", "full", "full_like",
-        "new_full", "fill_", "zero_", "clone", "copy_", "_to_copy", "contiguous", "detach", "detach_",
-        "alias", "lift_fresh", "lift_fresh_copy", "view", "_unsafe_view", "reshape", "_reshape_alias",
-        "t", "t_", "transpose", "transpose_", "permute", "expand", "as_strided", "slice", "select",
-        "narrow", "unsqueeze", "squeeze", "unbind", "split", "split_with_sizes", "chunk", "cat",
-        "stack", "constant_pad_nd", "resize_", "set_", "_local_scalar_dense", "is_same_size",
-        "record_stream", "_has_compatible_shallow_copy_type", "sym_size", "sym_stride", "sym_numel",
-        "sym_storage_offset", "is_contiguous", "size", "stride", "dim", "numel",
-    }  # fmt: skip
-    computed = []
-
-    def violation():
-        names = ", ".join(dict.fromkeys(computed))
-        error = harness.forbidden(f"torch.{computed[0]}")  # noqa: F821
-        error.args = (
-            f"forbidden call: torch computed inside your matmul ({names}); the multiply-adds must run in "
-            "your C++/CUDA code. matmul may only check, allocate, copy or reshape tensors with torch and "
-            "call the extension",
-        )
-        return error
-
-    class OnlyDataMovement(TorchDispatchMode):
-        @classmethod
-        def _should_skip_dynamo(cls):
-            # Otherwise torch wraps __torch_dispatch__ in dynamo.disable, whose first call imports
-            # torch._dynamo: 5 s of the job's time (measured on the 2-core CI machine), for nothing.
-            return False
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = func.overloadpacket.__name__
-            if name not in allowed:
-                computed.append(name)
-                raise violation()
-            return func(*args, **(kwargs or {}))
-
-    student_matmul = module.matmul
-    calls = [0]
-
-    def counted_matmul(a, b):
-        calls[0] += 1
-        with OnlyDataMovement():
-            return student_matmul(a, b)
-
-    def guarded(call):
-        """call() with the matmul methods patched and the module's matmul counted and watched."""
-        module.matmul = counted_matmul
-        try:
-            result = patched(call)
-        except BaseException:
-            if computed:  # however the extension or autograd wrapped our error on its way out
-                raise violation() from None
-            raise
-        finally:
-            module.matmul = student_matmul
-        if computed:  # the submission caught the error and went on
-            raise violation()
-        return result
-
-    device = torch.device(inputs["device"])
-
-    def poison(numel: int) -> None:
-        # Freed at once: the extension's next allocation of that size lands on NaNs, so elements
-        # a kernel never writes show up instead of holding a lucky zero.
-        if device.type == "cuda":
-            torch.full((max(numel, 1),), float("nan"), device=device)
-
-    def as_tensor(value, what: str) -> torch.Tensor:
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{what} returned {type(value).__name__}, expected a torch.Tensor")
-        return value
-
-    def one_matmul(a, b) -> dict:
-        poison(a.shape[0] * b.shape[1])
-        out = as_tensor(guarded(lambda: module.matmul(a, b)), "matmul")
-        return {"out": out.detach().cpu(), "device": out.device.type}
-
-    if kind == "matmul":
-        return [one_matmul(a.to(device), b.to(device)) for a, b in inputs["pairs"]]
-
-    if kind == "matmul_transposed":
-        return [one_matmul(inputs["a_t"].to(device).t(), inputs["b_t"].to(device).t())]
-
-    if kind == "linear":
-        fn = module.MatmulLinearFunction
-
-        def leaf(t):
-            return None if t is None else t.to(device).detach().clone().requires_grad_()
-
-        x, w, b = leaf(inputs["x"]), leaf(inputs["weight"]), leaf(inputs["bias"])
-        g = inputs["grad_output"].to(device)
-        poison(g.numel())
-        out = guarded(lambda: fn.apply(x, w) if b is None else fn.apply(x, w, b))
-        out = as_tensor(out, "MatmulLinearFunction.apply")
-        forward_calls = calls[0]
-        if out.grad_fn is None:
-            raise TypeError("the output of MatmulLinearFunction.apply has no grad_fn: is it detached?")
-        guarded(lambda: out.backward(g))
-
-        def grad(t):
-            return None if t is None or t.grad is None else t.grad.detach().cpu()
-
-        result = {
-            "out": out.detach().cpu(),
-            "device": out.device.type,
-            "grad_x": grad(x),
-            "grad_weight": grad(w),
-            "forward_calls": forward_calls,
-            "backward_calls": calls[0] - forward_calls,
-        }
-        if b is not None:
-            result["grad_bias"] = grad(b)
-        return result
-
-    raise ValueError(f"unknown case kind {kind!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,12 +175,6 @@ def _compare(actual, expected: torch.Tensor, *, what: str, device: str | None = 
     assert_close(actual.to(torch.float64), expected, what=what, rtol=RTOL, atol=_atol(expected))
 
 
-def _field(output, key: str):
-    if not isinstance(output, dict) or key not in output:
-        raise CheckFailed(f"run() returned a malformed result (no '{key}')")
-    return output[key]
-
-
 def _check_matmul(case: dict, output) -> None:
     inputs, expected = case["inputs"], case["expected"]
     if inputs["kind"] == "matmul":
@@ -356,7 +187,7 @@ def _check_matmul(case: dict, output) -> None:
         raise CheckFailed("run() returned a malformed result")
     for (m, k, n), result, reference in zip(sizes, output, expected, strict=True):
         what = f"matmul of a {m}x{k} by a {k}x{n} matrix ({inputs['device']}{how})"
-        _compare(_field(result, "out"), reference, what=what, device=inputs["device"], got_device=result.get("device"))
+        _compare(field(result, "out"), reference, what=what, device=inputs["device"], got_device=result.get("device"))
 
 
 def _check_linear(case: dict, output) -> None:
@@ -364,7 +195,7 @@ def _check_linear(case: dict, output) -> None:
     x, w = inputs["x"], inputs["weight"]
     bias = "with bias" if inputs["bias"] is not None else "bias=None"
     label = f"MatmulLinearFunction, x {tuple(x.shape)}, weight {tuple(w.shape)}, {bias}"
-    forward_calls, backward_calls = _field(output, "forward_calls"), _field(output, "backward_calls")
+    forward_calls, backward_calls = field(output, "forward_calls"), field(output, "backward_calls")
     if forward_calls < 1:
         raise CheckFailed(
             f"{label}: forward did not call matmul; compute x @ weight.T with this module's matmul(a, b) (the "
@@ -377,7 +208,7 @@ def _check_linear(case: dict, output) -> None:
         )
     names = {"out": "output", "grad_x": "grad of x", "grad_weight": "grad of weight", "grad_bias": "grad of bias"}
     for key, reference in expected.items():
-        actual = _field(output, key)
+        actual = field(output, key)
         if actual is None:
             raise CheckFailed(f"{label}: {names[key]} is None: backward returned None for an input that requires grad")
         device = inputs["device"] if key == "out" else None

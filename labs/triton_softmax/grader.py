@@ -5,7 +5,7 @@ lanes of a block matter) and 1 to 1024 rows, 3-D and column-sliced inputs, input
 +1000 (overflow without the max subtraction) and rows holding -inf; the backward against the
 closed form and ``TritonSoftmax`` against torch autograd. References are computed here in
 float64, never in the sandbox. During every call the library softmax is patched to raise (the
-module spellings through lab.toml, the Tensor methods in ``run``) and ``run`` counts Triton
+module spellings through lab.toml, the Tensor methods in run.py) and run.py counts Triton
 kernel launches, so the kernels must do the work. Then a benchmark case timed by
 ``kernels.bench`` in the sandbox and checked here by ``kernels.guards``; the metric is achieved
 bandwidth (read x, write y) in GB/s on a GPU worker. In Triton's interpreter (no GPU) the
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from kernels import bench, guards
-from labs.grading import CheckFailed, assert_close
+from labs.trusted import CheckFailed, assert_close
 
 # The contract's tolerances (absolute: softmax outputs lie in [0, 1]).
 ATOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -170,92 +170,6 @@ def cases(seed: int, device: str = "cpu") -> list[dict]:
     ]
     out.append(guards.benchmark_case(name="benchmark", seed=seed, shapes=specs, points=10, settings=settings))
     return out
-
-
-def run(module, inputs: dict):
-    """Call the student's softmax, softmax_backward or TritonSoftmax; shipped alone into the sandbox."""
-    import torch
-    import triton
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    kind = inputs["kind"]
-    # lab.toml patches the module-level softmax functions; the Tensor methods (which F.softmax
-    # itself calls) are refused here, for the whole call.
-    methods = ("softmax", "log_softmax")
-
-    def refusing(name):
-        def refuse(*args, **kwargs):
-            raise harness.forbidden(f"torch.Tensor.{name}")  # noqa: F821 (set by the runner)
-
-        return refuse
-
-    saved_methods = {name: getattr(torch.Tensor, name) for name in methods}
-    try:
-        for name in methods:
-            setattr(torch.Tensor, name, refusing(name))
-        if kind == "benchmark":
-            from kernels import bench
-
-            return bench.run_case(module.softmax, inputs, marks=harness)  # noqa: F821
-
-        launches = [0]
-        kernel_types = [triton.runtime.jit.JITFunction]
-        try:
-            from triton.runtime.interpreter import InterpretedFunction
-
-            kernel_types.append(InterpretedFunction)
-        except ImportError:
-            pass
-
-        def counted(original):
-            def run_kernel(self, *args, **kwargs):
-                launches[0] += 1
-                return original(self, *args, **kwargs)
-
-            return run_kernel
-
-        def as_output(value, what):
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(f"{what} returned {type(value).__name__}, expected a torch.Tensor")
-            return value.detach().cpu()
-
-        saved_runs = {t: t.run for t in kernel_types}
-        try:
-            for t in kernel_types:
-                t.run = counted(saved_runs[t])
-            # A kernel that skips elements leaves whatever memory held: make that NaN, not a lucky answer.
-            first = inputs["x"] if "x" in inputs else inputs["y"]
-            torch.full((first.numel() * 2,), float("nan"), dtype=first.dtype, device=device)
-            if kind == "forward":
-                x = inputs["x"].to(device)
-                if inputs.get("cols"):
-                    x = x[..., : inputs["cols"]]  # a column slice: row stride > n_cols
-                out = as_output(module.softmax(x), "softmax()")
-                return {"out": out, "launches": launches[0]}
-            if kind == "backward":
-                y, dy = inputs["y"].to(device), inputs["dy"].to(device)
-                out = as_output(module.softmax_backward(y, dy), "softmax_backward()")
-                return {"out": out, "launches": launches[0]}
-            if kind == "autograd":
-                x = inputs["x"].to(device).requires_grad_(True)
-                y = module.TritonSoftmax.apply(x)
-                y_out = as_output(y, "TritonSoftmax.apply(x)")
-                forward_launches = launches[0]
-                y.backward(inputs["dy"].to(device))
-                grad = None if x.grad is None else x.grad.detach().cpu()
-                return {
-                    "y": y_out,
-                    "grad": grad,
-                    "forward_launches": forward_launches,
-                    "backward_launches": launches[0] - forward_launches,
-                }
-            raise ValueError(f"unknown case kind {kind!r}")
-        finally:
-            for t, original in saved_runs.items():
-                t.run = original
-    finally:
-        for name, original in saved_methods.items():
-            setattr(torch.Tensor, name, original)
 
 
 def _no_kernel(what: str) -> CheckFailed:

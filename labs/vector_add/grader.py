@@ -1,8 +1,9 @@
 """Grader for the ``vector_add`` lab: ``add(x, y)`` as a masked Triton kernel.
 
 Correctness first, on awkward sizes (1, non-multiples of any block size, 1e6) and dtypes, with
-tensor addition patched out during the call so the kernel must do the work; then a benchmark
-case timed by ``kernels.bench`` inside the sandbox and checked here by ``kernels.guards``
+tensor addition patched out during the call so the kernel must do the work (run.py, in the
+sandbox); then a benchmark case timed by ``kernels.bench`` inside the sandbox and checked here
+by ``kernels.guards``
 (timed outputs, physical floor, the worker's own clock, side streams). The metric is achieved
 bandwidth in GB/s (geometric mean over the benchmark sizes) on a GPU worker; in Triton's
 interpreter (a worker without a GPU) the timings are shown but mean nothing and are not ranked.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from kernels import bench, guards
-from labs.grading import CheckFailed, assert_close
+from labs.trusted import CheckFailed, assert_close
 
 SIZES = (1, 7, 1023, 1024, 1025, 4097, 100_003, 1_000_000)
 # Addition is exact up to one rounding in every dtype, so the tolerances allow only that: a kernel
@@ -61,58 +62,6 @@ def cases(seed: int, device: str = "cpu") -> list[dict]:
     ]
     out.append(guards.benchmark_case(name="benchmark", seed=seed, shapes=shapes, points=10, settings=settings))
     return out
-
-
-def run(module, inputs: dict):
-    """Call the student's ``add``; shipped alone into the sandbox."""
-    import torch
-    import triton
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if inputs["kind"] == "benchmark":
-        from kernels import bench
-
-        return bench.run_case(module.add, inputs, marks=harness)  # noqa: F821 (set by the runner)
-
-    launches = [0]
-    kernel_types = [triton.runtime.jit.JITFunction]
-    try:
-        from triton.runtime.interpreter import InterpretedFunction
-
-        kernel_types.append(InterpretedFunction)
-    except ImportError:
-        pass
-    adds = ("__add__", "__radd__", "__iadd__", "add", "add_")
-
-    def counted(original):
-        def run_kernel(self, *args, **kwargs):
-            launches[0] += 1
-            return original(self, *args, **kwargs)
-
-        return run_kernel
-
-    def refuse(*args, **kwargs):
-        raise harness.forbidden("torch.Tensor.__add__")  # noqa: F821
-
-    x, y = inputs["x"].to(device), inputs["y"].to(device)
-    # A kernel that skips elements leaves whatever memory held: make that NaN, not a lucky answer.
-    torch.full((x.numel() * 2,), float("nan"), dtype=x.dtype, device=device)
-    saved_runs = {t: t.run for t in kernel_types}
-    saved_adds = {name: getattr(torch.Tensor, name) for name in adds}
-    try:
-        for t in kernel_types:
-            t.run = counted(saved_runs[t])
-        for name in adds:
-            setattr(torch.Tensor, name, refuse)
-        out = module.add(x, y)
-    finally:
-        for t, original in saved_runs.items():
-            t.run = original
-        for name, original in saved_adds.items():
-            setattr(torch.Tensor, name, original)
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"add() returned {type(out).__name__}, expected a torch.Tensor")
-    return {"out": out.detach().cpu(), "launches": launches[0], "device": str(out.device)}
 
 
 def _expected_at(shape: dict, call: int, positions: torch.Tensor) -> torch.Tensor:
