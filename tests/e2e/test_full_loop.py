@@ -55,7 +55,8 @@ def test_every_solution_gets_its_verdict_and_the_worker_keeps_going(live_stack, 
         else:
             if solution.expected_score is not None:  # e.g. a benchmark cheat keeps its correctness points
                 assert status["score"] == solution.expected_score, name
-            assert any(t["outcome"] == "failed" for t in job.result["tests"]), name
+            if solution.expected_verdict != "succeeded":  # an attack that can no longer gain anything passes
+                assert any(t["outcome"] == "failed" for t in job.result["tests"]), name
         events = list(job.events.order_by("seq").values_list("seq", "type"))
         assert events and events[-1][1] == "result" and [s for s, _ in events] == list(range(1, len(events) + 1))
         timings = job.result["timings"]

@@ -3,20 +3,36 @@
 The shipped solutions prove the grader end to end (``lab check``); these pin down that the
 references a student is held to are right: the central differences agree with exact adjoints far
 inside the 1e-6 tolerance, the topological-order reference is the recursive definition the README
-gives, the chain's reference gradients are torch autograd's, and that a wrong adjoint or a forged
-timing is explained as the README says.
+gives, the chain's reference gradients are torch autograd's, a wrong adjoint is explained as the
+README says, and the timed case's calls (run.py's ``timed``) are checked against those references.
 """
 
 from __future__ import annotations
+
+import importlib.util
+import statistics
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from labs.catalog import find_lab
-from labs.grading import CheckFailed
+from labs.trusted import CheckFailed
 
-GRADER = find_lab("autodiff").load_grader()
+LAB = find_lab("autodiff")
+GRADER = LAB.load_grader()
+
+
+def _module(path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+RUN = _module(LAB.run_module, "autodiff_lab_run")
+CORRECT = _module(LAB.path / "solutions" / "correct" / "autodiff.py", "autodiff_correct")
 PROGRAMS = (
     "_grad_elementwise",
     "_grad_unary",
@@ -108,7 +124,8 @@ def test_topological_order_reference_is_the_readmes_recursive_definition():
 
 def test_chain_references_match_torch_autograd(monkeypatch):
     monkeypatch.setattr(GRADER, "CHAIN_OPS", 400)
-    sent, kept = GRADER._chain_spec(np.random.default_rng(0))
+    sent = GRADER._chain_inputs(np.random.default_rng(0), 400)
+    kept = GRADER._chain_reference(sent, 400)
     leaves = [sent[k].clone().requires_grad_() for k in ("x", "w", "c")]
     x, w, c = leaves
     nodes, v = [x, w, c], x
@@ -176,29 +193,68 @@ def test_a_wrong_type_or_dtype_is_named():
         GRADER.check(case, output)
 
 
-def _benchmark(envelope: float, seconds: list[float]) -> tuple[dict, dict]:
-    expected = [{"x": torch.zeros(1), "w": torch.zeros(1), "c": torch.zeros(1), "samples": []}] * len(seconds)
-    case = {
-        "inputs": {"kind": "chain_benchmark", "chains": [{"samples": []}] * len(seconds)},
-        "expected": expected,
-        "runtime": {"envelopes": {"chain": envelope}},
+class _Harness:
+    """What run.py asks of the harness: the original of a patched function."""
+
+    @staticmethod
+    def original(name: str):
+        assert name == "sys.setrecursionlimit"
+        return sys.setrecursionlimit
+
+
+def _timed_case(n_ops: int, calls: int) -> dict:
+    """The benchmark case as the worker hands it to check(): ``calls`` calls' inputs and probes."""
+    case = GRADER.cases(5)[-1]
+    case["inputs"] = {**case["inputs"], "n_ops": n_ops}
+    gen = torch.Generator().manual_seed(0)
+    probes = {
+        name: torch.randn(shape, generator=gen, dtype=torch.float64) for name, shape in case["timed"]["outputs"].items()
     }
-    grads = [{"x": torch.zeros(1, dtype=torch.float64), "samples": []} for _ in seconds]
-    for g in grads:
-        g["w"] = g["c"] = g["x"]
-    for e in expected:
-        e["x"] = e["w"] = e["c"] = torch.zeros(1, dtype=torch.float64)
-    return case, {"seconds": seconds, "grads": grads}
+    inputs = [GRADER.call_inputs(case, seed) for seed in range(calls)]
+    case["runtime"] = {
+        "seconds": [0.05, 0.07, 0.06][:calls],
+        "reference_seconds": None,
+        "inputs": inputs,
+        "probes": probes,
+        "frozen": False,
+    }
+    return case
 
 
-def test_benchmark_times_must_fit_the_workers_clock():
-    case, output = _benchmark(0.5, [0.09, 0.1, 0.1, 0.11, 0.08])
-    assert GRADER.check(case, output)["metric"] == pytest.approx(100.0)
-    with pytest.raises(CheckFailed, match="not real"):
-        GRADER.check(*_benchmark(0.3, [0.09, 0.1, 0.1, 0.11, 0.08]))
-    with pytest.raises(CheckFailed, match="do not replace time.perf_counter"):
-        GRADER.check(*_benchmark(0.5, [0.009, 0.01, 0.01, 0.011, 0.008]))
-    case, output = _benchmark(0.5, [0.09, 0.1, 0.1, 0.11, 0.08])
-    del case["runtime"]
-    with pytest.raises(CheckFailed, match="saw no timed batch"):
-        GRADER.check(case, output)
+def _fingerprint(outputs: dict, probes: dict) -> dict:
+    """What the harness replies for one call (gpu_runner/harness.py, ``_fingerprint``)."""
+    return {
+        name: float(torch.dot(torch.as_tensor(outputs[name]).reshape(-1).to(probe.dtype), probe.reshape(-1)))
+        for name, probe in probes.items()
+    }
+
+
+def test_timed_calls_of_the_correct_solution_pass_and_the_metric_is_the_workers_median():
+    case = _timed_case(400, 3)
+    runtime = case["runtime"]
+    calls = []
+    for inputs in runtime["inputs"]:
+        outputs = RUN.timed(CORRECT, {**case["inputs"], **inputs}, _Harness())
+        assert set(outputs) == set(case["timed"]["outputs"])
+        assert all(type(v) is np.ndarray and list(v.shape) == case["timed"]["outputs"][k] for k, v in outputs.items())
+        calls.append(_fingerprint(outputs, runtime["probes"]))
+    verdict = GRADER.check(case, {"calls": calls})
+    assert verdict["metric"] == pytest.approx(statistics.median(runtime["seconds"]) * 1e3)
+    assert "400-operation chain" in verdict["message"]
+
+
+def test_a_timed_call_that_reuses_an_earlier_chains_gradients_is_rejected():
+    case = _timed_case(400, 3)
+    runtime = case["runtime"]
+    first = RUN.timed(CORRECT, {**case["inputs"], **runtime["inputs"][0]}, _Harness())
+    calls = [_fingerprint(first, runtime["probes"])] * 3
+    with pytest.raises(CheckFailed, match=r"timed chain 2 of 3 returned a wrong 'x'"):
+        GRADER.check(case, {"calls": calls})
+
+
+def test_every_timed_call_gets_its_own_chain_from_its_seed():
+    case = GRADER.cases(5)[-1]
+    a, b, again = (GRADER.call_inputs(case, seed) for seed in (1, 2, 1))
+    assert not torch.equal(a["x"], b["x"]) and a["samples"] != b["samples"]
+    assert torch.equal(a["x"], again["x"]) and a["samples"] == again["samples"]
+    assert all(3 <= node < 3 + GRADER.CHAIN_OPS for node in a["samples"])

@@ -1,19 +1,21 @@
-"""Wrong solution `fakes_timer`.
+"""Solution `lazy_backward`: an attack on the old benchmark that now gains nothing.
 
-Correct, but slows down time.perf_counter tenfold to look faster on the leaderboard.
+Correct, but ``backward()`` only records the request; the gradients are computed when a ``.grad``
+is first read. The earlier benchmark timed ``backward()`` alone in this process and read the
+gradients afterwards, so this moved all the work out of the timed region (0.0016 ms against an
+honest 21.8 ms). Now the grader's clock runs from the call to its reply, and the reply carries
+the fingerprint of every gradient, read inside the call: the work happens in the timed region
+anyway. It gets full marks and an honest time, which is what its expected.toml asks for.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from numbers import Number
 
 import numpy as np
 
-_real_clock = time.perf_counter
-_start = _real_clock()
-time.perf_counter = lambda: _start + (_real_clock() - _start) / 10  # the cheat
+_pending: list = []  # (node, out_grad) of every backward() whose gradients are not computed yet
 
 
 def _unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -32,11 +34,11 @@ def _unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 class Tensor:
     """An n-dimensional float64 array that remembers how it was computed."""
 
-    __slots__ = ("data", "grad", "inputs", "_vjp")
+    __slots__ = ("data", "_grad", "inputs", "_vjp")
 
     def __init__(self, data, inputs: tuple[Tensor, ...] = (), vjp=None) -> None:
         self.data = np.asarray(data, dtype=np.float64)
-        self.grad: np.ndarray | None = None
+        self._grad: np.ndarray | None = None
         self.inputs = inputs
         # vjp(adjoint of this node) -> one adjoint per input, in the order of ``inputs``
         self._vjp = vjp
@@ -148,13 +150,29 @@ class Tensor:
 
     # ---- reverse mode -------------------------------------------------------------------
 
+    @property
+    def grad(self) -> np.ndarray | None:
+        """Reading any ``.grad`` first runs every backward() recorded so far (the trick)."""
+        while _pending:
+            node, out_grad = _pending.pop(0)
+            node._run_backward(out_grad)
+        return self._grad
+
+    @grad.setter
+    def grad(self, value) -> None:
+        self._grad = value
+
     def backward(self, out_grad=None) -> None:
+        """Only records the request: the gradients are computed when a ``.grad`` is first read."""
+        _pending.append((self, out_grad))
+
+    def _run_backward(self, out_grad) -> None:
         """Set ``.grad`` on this node and every node it depends on: d(sum(out_grad * self))/d(node)."""
         seed = np.ones_like(self.data) if out_grad is None else np.asarray(out_grad, dtype=np.float64)
         adjoints = {id(self): seed}
         for node in reversed(find_topo_sort([self])):
             grad = adjoints.pop(id(node))
-            node.grad = grad
+            node._grad = grad
             if not node.inputs:
                 continue
             for parent, contribution in zip(node.inputs, node._vjp(grad), strict=True):
