@@ -91,6 +91,7 @@ class Grading:
     current_case: int | None = None
     # case index -> shape label -> {"begin": t, "end": t} on the worker's monotonic clock
     batches: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
+    meters: dict[int, dict[str, int]] = field(default_factory=dict)  # case index -> name -> count
 
     @property
     def interpreted(self) -> bool:
@@ -239,9 +240,23 @@ def collect(grading: Grading, event: dict) -> bytes | None:
         entry = grading.batches.get(grading.current_case, {}).get(str(event.get("label"))[:MAX_LABEL_CHARS])
         if entry is not None and "end" not in entry:
             entry["end"] = time.monotonic()
+    elif kind == "meter" and grading.current_case is not None:
+        return _meter(grading, event)
     elif kind == "case_done" and isinstance(event.get("index"), int) and 0 <= event["index"] < len(grading.cases):
         _check_case(grading, event["index"], float(event.get("duration", 0.0)))
     return None
+
+
+def _meter(grading: Grading, event: dict) -> bytes:
+    """Count on the worker's side what a case's ``harness.meter`` reports (docs/security.md,
+    invariant 4): a counter in the sandbox could be reset, this one only grows."""
+    meters = grading.meters.setdefault(grading.current_case, {})
+    name, amount = str(event.get("name"))[:MAX_LABEL_CHARS], event.get("amount")
+    if name not in meters and len(meters) >= MAX_BATCHES_PER_CASE:
+        return b"count -1\n"
+    if isinstance(amount, int) and not isinstance(amount, bool) and 0 <= amount <= 1 << 40:
+        meters[name] = meters.get(name, 0) + amount
+    return f"count {meters.get(name, 0)}\n".encode()
 
 
 def _runtime(grading: Grading, index: int) -> dict:
@@ -256,6 +271,7 @@ def _runtime(grading: Grading, index: int) -> dict:
         "spec": spec,  # the device's peaks, for the physical floor (kernels.devices)
         "interpreted": grading.interpreted,
         "envelopes": {label: t["end"] - t["begin"] for label, t in batches.items() if "end" in t},
+        "meters": dict(grading.meters.get(index, {})),
     }
 
 
@@ -277,7 +293,8 @@ def _check_case(grading: Grading, index: int, duration: float) -> None:
         test.settle("failed", describe_error(error))
         _publish_test(grading, test)
         return
-    runtime = _runtime(grading, index) if "benchmark" in grading.cases[index] or index in grading.batches else None
+    needs_runtime = "benchmark" in grading.cases[index] or index in grading.batches or index in grading.meters
+    runtime = _runtime(grading, index) if needs_runtime else None
     _check(grading, index, runtime, record.get("value"))
 
 
