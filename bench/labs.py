@@ -23,7 +23,7 @@ from pathlib import Path
 BASE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE))
 
-from gpu_runner.selfcheck import check_solution  # noqa: E402
+from gpu_runner.selfcheck import self_check_solution  # noqa: E402
 from labs.catalog import discover_labs, find_lab  # noqa: E402
 
 BUDGET_SECONDS = 60.0
@@ -43,12 +43,12 @@ def main() -> int:
     for lab in labs:
         correct = next(s for s in lab.solutions() if s.kind == "correct")
         owner = f"bench-{uuid.uuid4().hex[:8]}"  # a fresh owner: its first build is cold
-        first = check_solution(lab, correct, seed=1, owner=owner)
+        first = self_check_solution(lab, correct, seed=1, owner=owner)
         cold = first.seconds if first.result.get("timings", {}).get("build_cache") == "miss" else None
         times = [] if cold is not None else [first.seconds]
         results = [first.result]
         while len(times) < args.runs:
-            check = check_solution(lab, correct, seed=len(times) + 2, owner=owner)
+            check = self_check_solution(lab, correct, seed=len(times) + 2, owner=owner)
             times.append(check.seconds)
             results.append(check.result)
         verdicts = sorted({r["verdict"] for r in results})

@@ -18,6 +18,7 @@ from gpu_runner.events import TerminalSink
 from gpu_runner.grading import grade
 from gpu_runner.text import for_terminal
 from labs.catalog import LabError, find_lab, load_lab
+from labs.protocol import JobMessage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,13 +49,14 @@ def main(argv: list[str] | None = None) -> int:
             files[path.name] = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             parser.error(f"{path}: cannot be read as UTF-8 text ({exc})")
-    message = {
-        "job_id": f"local-{int(time.time())}",
-        "lab": {"slug": lab.slug, "version": lab.version},
-        "files": files,
-        "limits": lab.limits.as_dict(),
-        "seed": args.seed if args.seed is not None else secrets.randbits(62),
-    }
+    message = JobMessage(
+        job_id=f"local-{int(time.time())}",
+        lab_slug=lab.slug,
+        lab_version=lab.version,
+        files=files,
+        limits=lab.limits.as_dict(),
+        seed=args.seed if args.seed is not None else secrets.randbits(62),
+    )
     result = grade(message, TerminalSink(quiet=False))
     if args.json:
         shown = {k: result[k] for k in ("verdict", "reason", "score", "metric", "summary", "tests")}
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(parser: argparse.ArgumentParser, args) -> int:
-    from gpu_runner.selfcheck import check_lab
+    from gpu_runner.selfcheck import self_check_lab
 
     labs = []
     for name in args.labs:
@@ -89,7 +91,7 @@ def _check(parser: argparse.ArgumentParser, args) -> int:
             for problem in check.problems:
                 print(for_terminal(f"       - {problem}"), file=sys.stderr, flush=True)
 
-        problems, checks = check_lab(lab, seed=args.seed, only=args.only, on_checked=show)
+        problems, checks = self_check_lab(lab, seed=args.seed, only=args.only, on_checked=show)
         for problem in problems:
             print(for_terminal(f"  FAIL {problem}"), file=sys.stderr)
         failed += len(problems) + sum(not c.ok for c in checks)

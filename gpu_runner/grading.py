@@ -35,7 +35,8 @@ from gpu_runner.jobsetup import (
 )
 from gpu_runner.text import bounded
 from kernels import devices
-from labs.catalog import Lab, LabError, find_lab
+from labs.catalog import LabError, LabFolder, find_lab
+from labs.protocol import EventType, JobMessage, JobResult, TestResult, Verdict
 from labs.trusted import CheckFailed
 
 # A source file at the end of a path in a compiler message: "/job/.torch_extensions/ext/main.cpp:5:3"
@@ -70,7 +71,7 @@ class Grading:
     """What one job learns while it runs; ``report`` turns it into the result message."""
 
     job_id: int | str
-    lab: Lab
+    lab: LabFolder
     sink: EventSink
     files: dict[str, str]  # the submission
     cases: list[dict]
@@ -90,6 +91,7 @@ class Grading:
     current_case: int | None = None
     # case index -> shape label -> {"begin": t, "end": t} on the worker's monotonic clock
     batches: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
+    meters: dict[int, dict[str, int]] = field(default_factory=dict)  # case index -> name -> count
 
     @property
     def interpreted(self) -> bool:
@@ -97,7 +99,7 @@ class Grading:
         return self.lab.is_gpu and self.device != "cuda"
 
 
-def grade(message: dict, sink: EventSink, *, lab: Lab | None = None) -> dict:
+def grade(message: JobMessage, sink: EventSink, *, lab: LabFolder | None = None) -> dict:
     """Grade the job described by ``message`` (see docs/architecture.md) and return its result.
 
     ``lab`` grades against a lab folder loaded by the caller (a lab being checked before it is
@@ -109,9 +111,9 @@ def grade(message: dict, sink: EventSink, *, lab: Lab | None = None) -> dict:
         sink.close()
 
 
-def _grade(message: dict, sink: EventSink, lab: Lab | None) -> dict:
+def _grade(message: JobMessage, sink: EventSink, lab: LabFolder | None) -> dict:
     marks = {"received": time.time()}
-    sink.publish("status", {"state": "running", "detail": f"on {socket.gethostname()}"})
+    sink.publish(EventType.STATUS, {"state": "running", "detail": f"on {socket.gethostname()}"})
     try:
         grading = prepare(message, sink, lab=lab)
     except LabError as exc:
@@ -136,44 +138,42 @@ def _grade(message: dict, sink: EventSink, lab: Lab | None) -> dict:
         grading.folder.remove()
 
 
-def prepare(message: dict, sink: EventSink, *, lab: Lab | None = None) -> Grading:
-    lab = lab or find_lab(message["lab"]["slug"])
-    if lab.version != message["lab"]["version"]:
+def prepare(message: JobMessage, sink: EventSink, *, lab: LabFolder | None = None) -> Grading:
+    lab = lab or find_lab(message.lab_slug)
+    if lab.version != message.lab_version:
         raise LabError(
             f"this worker has {lab.slug} version {lab.version} but the job needs version "
-            f"{message['lab']['version']}; deploy the same labs/ to the portal and the workers"
+            f"{message.lab_version}; deploy the same labs/ to the portal and the workers"
         )
     grader = lab.load_grader()
     device = "cuda" if lab.is_gpu and torch.cuda.is_available() else "cpu"
     if "device" in inspect.signature(grader.cases).parameters:
-        cases = grader.cases(int(message["seed"]), device=device)  # benchmark shapes differ by device
+        cases = grader.cases(message.seed, device=device)  # benchmark shapes differ by device
     else:
-        cases = grader.cases(int(message["seed"]))
-    unknown = sorted(set(message["files"]) - set(lab.allowed_files))
+        cases = grader.cases(message.seed)
+    unknown = sorted(set(message.files) - set(lab.allowed_files))
     if unknown:
         raise LabError(f"files {unknown} are not allowed by the lab (allowed: {list(lab.allowed_files)})")
     config = sandbox.config()
-    limits = {**lab.limits.as_dict(), **message.get("limits", {})}
-    folder = new_job_folder(message["job_id"], lab=lab, grader=grader, config=config, limits=limits)
-    for name, text in message["files"].items():
+    limits = {**lab.limits.as_dict(), **message.limits}
+    folder = new_job_folder(message.job_id, lab=lab, grader=grader, config=config, limits=limits)
+    for name, text in message.files.items():
         folder.write_box_file(name, text.encode("utf-8"))
-    owner = str(message.get("owner", ""))
-    build_key = (
-        compile_cache.source_key(message["files"], owner=owner, device=device) if lab.builds_extensions else None
-    )
+    owner = message.owner
+    build_key = compile_cache.source_key(message.files, owner=owner, device=device) if lab.builds_extensions else None
     build_cache = None
     if build_key:
         build_cache = "hit" if compile_cache.restore(folder, build_key) else "miss"
         detail = "reusing the build of these sources" if build_cache == "hit" else "compiling (cached afterwards)"
-        sink.publish("log", {"stream": "runner", "text": f"C++/CUDA extension: {detail}\n"})
+        sink.publish(EventType.LOG, {"stream": "runner", "text": f"C++/CUDA extension: {detail}\n"})
     tests = [TestOutcome(name=c["name"], points=float(c.get("points", 1.0))) for c in cases]
-    sink.publish("progress", {"phase": "tests", "done": 0, "total": len(cases)})
+    sink.publish(EventType.PROGRESS, {"phase": "tests", "done": 0, "total": len(cases)})
     return Grading(
-        files=dict(message["files"]),
+        files=dict(message.files),
         owner=owner,
         build_key=build_key,
         build_cache=build_cache,
-        job_id=message["job_id"],
+        job_id=message.job_id,
         lab=lab,
         sink=sink,
         cases=cases,
@@ -197,7 +197,7 @@ def start(grading: Grading) -> launcher.ProcessOutcome:
         command,
         sandbox=sandbox.Sandbox(grading.config, folder, grading.limits, gpus),
         env=job_environment(folder, device=grading.device, interpreted=grading.interpreted),
-        on_output=lambda text: grading.sink.publish("log", {"stream": "output", "text": text}),
+        on_output=lambda text: grading.sink.publish(EventType.LOG, {"stream": "output", "text": text}),
         on_event=lambda event: collect(grading, event),
     )
 
@@ -240,9 +240,23 @@ def collect(grading: Grading, event: dict) -> bytes | None:
         entry = grading.batches.get(grading.current_case, {}).get(str(event.get("label"))[:MAX_LABEL_CHARS])
         if entry is not None and "end" not in entry:
             entry["end"] = time.monotonic()
+    elif kind == "meter" and grading.current_case is not None:
+        return _meter(grading, event)
     elif kind == "case_done" and isinstance(event.get("index"), int) and 0 <= event["index"] < len(grading.cases):
         _check_case(grading, event["index"], float(event.get("duration", 0.0)))
     return None
+
+
+def _meter(grading: Grading, event: dict) -> bytes:
+    """Count on the worker's side what a case's ``harness.meter`` reports (docs/security.md,
+    invariant 4): a counter in the sandbox could be reset, this one only grows."""
+    meters = grading.meters.setdefault(grading.current_case, {})
+    name, amount = str(event.get("name"))[:MAX_LABEL_CHARS], event.get("amount")
+    if name not in meters and len(meters) >= MAX_BATCHES_PER_CASE:
+        return b"count -1\n"
+    if isinstance(amount, int) and not isinstance(amount, bool) and 0 <= amount <= 1 << 40:
+        meters[name] = meters.get(name, 0) + amount
+    return f"count {meters.get(name, 0)}\n".encode()
 
 
 def _runtime(grading: Grading, index: int) -> dict:
@@ -257,6 +271,7 @@ def _runtime(grading: Grading, index: int) -> dict:
         "spec": spec,  # the device's peaks, for the physical floor (kernels.devices)
         "interpreted": grading.interpreted,
         "envelopes": {label: t["end"] - t["begin"] for label, t in batches.items() if "end" in t},
+        "meters": dict(grading.meters.get(index, {})),
     }
 
 
@@ -278,7 +293,8 @@ def _check_case(grading: Grading, index: int, duration: float) -> None:
         test.settle("failed", describe_error(error))
         _publish_test(grading, test)
         return
-    runtime = _runtime(grading, index) if "benchmark" in grading.cases[index] or index in grading.batches else None
+    needs_runtime = "benchmark" in grading.cases[index] or index in grading.batches or index in grading.meters
+    runtime = _runtime(grading, index) if needs_runtime else None
     _check(grading, index, runtime, record.get("value"))
 
 
@@ -301,9 +317,9 @@ def _check(grading: Grading, index: int, runtime: dict | None, output) -> None:
 
 
 def _publish_test(grading: Grading, test: TestOutcome) -> None:
-    grading.sink.publish("test", test.as_dict())
+    grading.sink.publish(EventType.TEST, test.as_dict())
     done = sum(t.outcome != "not_run" for t in grading.tests)
-    grading.sink.publish("progress", {"phase": "tests", "done": done, "total": len(grading.tests)})
+    grading.sink.publish(EventType.PROGRESS, {"phase": "tests", "done": done, "total": len(grading.tests)})
 
 
 def _finished(grading: Grading, outcome: launcher.ProcessOutcome) -> bool:
@@ -316,44 +332,44 @@ def _finished(grading: Grading, outcome: launcher.ProcessOutcome) -> bool:
     )
 
 
-def report(grading: Grading, outcome: launcher.ProcessOutcome, message: dict) -> dict:
+def report(grading: Grading, outcome: launcher.ProcessOutcome, message: JobMessage) -> dict:
     verdict, reason, summary = _verdict(grading, outcome)
     summary = bounded(summary, MAX_SUMMARY_CHARS)
     tests = grading.tests
     for test in tests:
         if test.outcome == "not_run":
             test.settle("failed", f"not run: the job stopped first ({reason.replace('_', ' ')})")
-            grading.sink.publish("test", test.as_dict())
+            grading.sink.publish(EventType.TEST, test.as_dict())
     total = sum(t.points for t in tests)
     score = round(100.0 * sum(t.points for t in tests if t.outcome == "passed") / total, 2) if total else 0.0
-    marks = grading.marks
-    finished_at = time.time()
-    result = {
-        "job_id": message["job_id"],
-        "verdict": verdict,
-        "reason": reason,
-        "score": score,
-        "metric": grading.metric if verdict == "succeeded" and _finite(grading.metric) else None,
-        "summary": summary,
-        "tests": [t.as_dict() for t in tests],
-        "output_tail": outcome.output_tail,
-        "worker": socket.gethostname(),
-        "lab_version": grading.lab.version,
-        "timings": _timings(marks, message, finished_at),
-        "ranked": verdict == "succeeded" and _finite(grading.metric),
-    }
-    if verdict == "succeeded" and grading.lab.is_gpu and grading.device != "cuda":
-        result["unranked"] = UNRANKED_NO_GPU
+    timings = _timings(grading.marks, message, time.time())
     if grading.build_cache:
-        result["timings"]["build_cache"] = grading.build_cache
-    grading.sink.publish(
-        "result",
-        {
-            **{k: result[k] for k in ("verdict", "reason", "score", "metric", "summary")},
-            "output_tail": "" if verdict == "succeeded" else outcome.output_tail[-RESULT_TAIL_CHARS:],
-        },
+        timings["build_cache"] = grading.build_cache
+    ranked = verdict == Verdict.SUCCEEDED and _finite(grading.metric)
+    result = JobResult(
+        job_id=message.job_id,
+        verdict=Verdict(verdict),
+        reason=reason,
+        score=score,
+        metric=grading.metric if ranked else None,
+        summary=summary,
+        tests=[TestResult(**t.as_dict()) for t in tests],
+        output_tail=outcome.output_tail,
+        worker=socket.gethostname(),
+        lab_version=grading.lab.version,
+        timings=timings,
+        ranked=ranked,
+        unranked=UNRANKED_NO_GPU if verdict == Verdict.SUCCEEDED and grading.interpreted else "",
     )
-    return result
+    succeeded = result.verdict == Verdict.SUCCEEDED
+    _publish_result(grading.sink, result, tail="" if succeeded else result.output_tail[-RESULT_TAIL_CHARS:])
+    return result.to_dict()
+
+
+def _publish_result(sink: EventSink, result: JobResult, *, tail: str) -> None:
+    """The job's last event: what the student's page shows when the job ends."""
+    shown = {k: getattr(result, k) for k in ("reason", "score", "metric", "summary")}
+    sink.publish(EventType.RESULT, {"verdict": str(result.verdict), **shown, "output_tail": tail})
 
 
 def _finite(value: float | None) -> bool:
@@ -468,7 +484,7 @@ def _source_name(token: re.Match) -> str:
     return text[:start] + name if SOURCE_NAME.match(name) else text
 
 
-def _timings(marks: dict, message: dict, finished_at: float) -> dict:
+def _timings(marks: dict, message: JobMessage, finished_at: float) -> dict:
     launched = marks.get("launched", finished_at)
     ready = marks.get("harness_started", launched)
     timings = {
@@ -477,26 +493,24 @@ def _timings(marks: dict, message: dict, finished_at: float) -> dict:
         "grading": round(finished_at - ready, 4),
         "worker_total": round(finished_at - marks["received"], 4),
     }
-    if message.get("dispatched_at"):
-        timings["queue_wait"] = round(marks["received"] - float(message["dispatched_at"]), 4)
+    if message.dispatched_at:
+        timings["queue_wait"] = round(marks["received"] - message.dispatched_at, 4)
     return timings
 
 
-def _infrastructure_error(message: dict, sink: EventSink, marks: dict, detail: str) -> dict:
+def _infrastructure_error(message: JobMessage, sink: EventSink, marks: dict, detail: str) -> dict:
     summary = "The grader failed (not your fault); the job will be retried. " + detail.strip().splitlines()[-1]
-    result = {
-        "job_id": message.get("job_id"),
-        "verdict": "error",
-        "reason": "infrastructure",
-        "score": 0.0,
-        "metric": None,
-        "summary": summary,
-        "detail": detail[-4000:],
-        "tests": [],
-        "output_tail": "",
-        "worker": socket.gethostname(),
-        "lab_version": message.get("lab", {}).get("version"),
-        "timings": _timings(marks, message, time.time()),
-    }
-    sink.publish("result", {k: result[k] for k in ("verdict", "reason", "score", "metric", "summary")})
-    return result
+    result = JobResult(
+        job_id=message.job_id,
+        verdict=Verdict.ERROR,
+        reason="infrastructure",
+        score=0.0,
+        metric=None,
+        summary=bounded(summary, MAX_SUMMARY_CHARS),
+        detail=detail[-4000:],
+        worker=socket.gethostname(),
+        lab_version=message.lab_version,
+        timings=_timings(marks, message, time.time()),
+    )
+    _publish_result(sink, result, tail="")
+    return result.to_dict()

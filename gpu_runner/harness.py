@@ -118,6 +118,17 @@ class Harness:
     def end(label: str) -> None:
         emit("bench_end", label=label)
 
+    @staticmethod
+    def meter(name: str, amount: int = 1) -> int:
+        """Add ``amount`` to the worker's meter ``name`` for this case (a trial, a byte count) and
+        return its total. The count lives in the worker, where the student's code cannot reset it;
+        the lab's ``check`` reads ``case["runtime"]["meters"][name]``."""
+        emit("meter", name=name, amount=int(amount))
+        answer = sys.stdin.readline().split()
+        if len(answer) != 2 or answer[0] != "count":
+            raise RuntimeError("the worker did not answer the meter")
+        return int(answer[1])
+
 
 def _forbidden_stub(name: str):
     def stub(*args, **kwargs):

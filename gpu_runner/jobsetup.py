@@ -14,7 +14,7 @@ from pathlib import Path
 from gpu_runner import compile_cache, outputs, sandbox
 from gpu_runner.jobfolder import JobFolder, UnsafeFile
 from gpu_runner.text import bounded
-from labs.catalog import Lab
+from labs.catalog import LabFolder
 
 HARNESS = Path(__file__).with_name("harness.py")
 KERNELS = Path(__file__).resolve().parent.parent / "kernels"
@@ -46,7 +46,7 @@ CLEAN_ENV = {
 }  # no PYTHON* variables: the harness runs with -I, which ignores them (-B and -u say it instead)
 
 
-def new_job_folder(job_id: object, *, lab: Lab, grader, config: sandbox.Config, limits: dict) -> JobFolder:
+def new_job_folder(job_id: object, *, lab: LabFolder, grader, config: sandbox.Config, limits: dict) -> JobFolder:
     """A job folder whose runner half holds the harness, the lab's run module and the sandbox's
     libraries; the caller writes the submission (or the reference) into its box."""
     folder = sandbox.create_job_folder(job_id, config=config, disk_mb=int(limits["disk_mb"]))

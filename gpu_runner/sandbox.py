@@ -35,6 +35,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from dataclasses import dataclass
 from functools import cache
@@ -77,6 +78,7 @@ class Config:
     cgroups: Cgroups
     python_binds: tuple[tuple[str, str], ...]  # (host, inside) read-only binds for this worker's Python
     python_inside: str  # the interpreter, as the job sees it
+    hidden: tuple[str, ...] = ()  # package data folders covered by an empty folder in the sandbox
 
     @property
     def sandboxed(self) -> bool:
@@ -90,6 +92,11 @@ class Config:
 
 
 VENV_INSIDE = "/opt/venv"
+# Data that ships with an installed package but must not be seen in the sandbox: held-out labels
+# never enter it (docs/security.md, invariant 3), and scikit-learn ships the digits data set,
+# labels included, which several labs split into a training and a held-out part. Relative to
+# site-packages; each is covered by an empty read-only folder.
+HIDDEN_PACKAGE_DATA = ("sklearn/datasets/data", "sklearn/datasets/images", "sklearn/datasets/descr")
 
 
 def _python() -> tuple[tuple[tuple[str, str], ...], str]:
@@ -106,6 +113,18 @@ def _python() -> tuple[tuple[tuple[str, str], ...], str]:
         return tuple(binds.items()), sys.executable
     binds[sys.prefix] = VENV_INSIDE
     return tuple(binds.items()), os.path.join(VENV_INSIDE, os.path.relpath(sys.executable, sys.prefix))
+
+
+def _hidden_data() -> tuple[str, ...]:
+    """Where the sandbox sees ``HIDDEN_PACKAGE_DATA`` (those folders that exist on this worker)."""
+    site = sysconfig.get_paths()["purelib"]
+    found = []
+    for relative in HIDDEN_PACKAGE_DATA:
+        host = os.path.join(site, relative)
+        if os.path.isdir(host):
+            inside = VENV_INSIDE + host[len(sys.prefix) :] if host.startswith(sys.prefix + "/") else host
+            found.append(inside if sys.prefix != sys.base_prefix else host)
+    return tuple(found)
 
 
 @cache
@@ -126,7 +145,7 @@ def config() -> Config:
         raise SandboxUnavailable(
             "bubblewrap (bwrap) is not installed, so this worker refuses to run untrusted code. " + INSTALL_HINT
         )
-    found = Config(bwrap, switch_to, ids, found_cgroups, *_python())
+    found = Config(bwrap, switch_to, ids, found_cgroups, *_python(), hidden=_hidden_data())
     _probe(found)
     return found
 
@@ -270,6 +289,8 @@ def bwrap_options(cfg: Config, folder: JobFolder, *, gpus: tuple[int, ...]) -> l
             argv += ["--ro-bind", top, top]
     for host, inside in cfg.python_binds:
         argv += ["--ro-bind", host, inside]
+    for inside in cfg.hidden:
+        argv += ["--tmpfs", inside, "--remount-ro", inside]
     argv += ["--dir", "/etc"]
     for name in ETC_FILES:
         argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]

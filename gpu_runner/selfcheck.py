@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from gpu_runner.events import EventSink
 from gpu_runner.grading import grade
-from labs.catalog import Lab, Solution
+from labs.catalog import LabFolder, Solution
+from labs.protocol import JobMessage
 
 MIN_WRONG_SOLUTIONS = 4
 STARTER_REASONS = ("wrong_answer",)  # the starter's tests fail; it imports, runs and exits cleanly
@@ -26,7 +27,7 @@ class _Quiet(EventSink):
 
 
 @dataclass
-class SolutionCheck:
+class SolutionReport:
     solution: Solution
     result: dict
     seconds: float
@@ -53,7 +54,7 @@ class SolutionCheck:
         }
 
 
-def lab_problems(lab: Lab) -> list[str]:
+def lab_problems(lab: LabFolder) -> list[str]:
     """What the lab folder lacks before any solution is graded."""
     solutions = lab.solutions()
     problems = []
@@ -70,29 +71,30 @@ def lab_problems(lab: Lab) -> list[str]:
     return problems
 
 
-def check_solution(lab: Lab, solution: Solution, *, seed: int, owner: str) -> SolutionCheck:
-    message = {
-        "job_id": f"check-{lab.slug}-{solution.name}",
-        "lab": {"slug": lab.slug, "version": lab.version},
-        "files": solution.files,
-        "limits": {**lab.limits.as_dict(), **solution.limits},
-        "seed": seed,
-        "owner": owner,
-    }
+def self_check_solution(lab: LabFolder, solution: Solution, *, seed: int, owner: str) -> SolutionReport:
+    message = JobMessage(
+        job_id=f"check-{lab.slug}-{solution.name}"[:64],
+        lab_slug=lab.slug,
+        lab_version=lab.version,
+        files=solution.files,
+        limits={**lab.limits.as_dict(), **solution.limits},
+        seed=seed,
+        owner=owner,
+    )
     started = time.perf_counter()
     result = grade(message, _Quiet(), lab=lab)
-    check = SolutionCheck(solution, result, time.perf_counter() - started)
+    check = SolutionReport(solution, result, time.perf_counter() - started)
     check.problems = _compare(solution, result)
     return check
 
 
-def check_lab(lab: Lab, *, seed: int = 20261121, owner: str = "lab-check", only=None, on_checked=None):
+def self_check_lab(lab: LabFolder, *, seed: int = 20261121, owner: str = "lab-check", only=None, on_checked=None):
     """Grade every solution (or those named in ``only``); returns (lab problems, solution checks)."""
     checks = []
     for solution in lab.solutions():
         if only and solution.name not in only:
             continue
-        check = check_solution(lab, solution, seed=seed, owner=f"{owner}:{lab.slug}")
+        check = self_check_solution(lab, solution, seed=seed, owner=f"{owner}:{lab.slug}")
         checks.append(check)
         if on_checked:
             on_checked(check)

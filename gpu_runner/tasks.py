@@ -17,10 +17,11 @@ from gpu_runner import sandbox, settings
 from gpu_runner.celery import app
 from gpu_runner.events import RedisStreamSink
 from gpu_runner.grading import grade
-from gpu_runner.selfcheck import check_lab
+from gpu_runner.selfcheck import self_check_lab
 from gpu_runner.text import for_terminal
 from labs import archive
 from labs.catalog import LabError
+from labs.protocol import JobMessage, JobResult, ProtocolError, SelfCheckMessage, SelfCheckReport, Task, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +37,36 @@ def announce_sandbox(**_) -> None:
     sandbox.log_startup()
 
 
-@app.task(name="gpu_runner.run_job", bind=True)
+@app.task(name=Task.RUN_JOB, bind=True)
 def run_job(self, message: dict) -> dict:
-    """Grade one job. The result is returned, and the task's link (set by the portal) records it."""
-    job_id = message["job_id"]
+    """Grade one job. The result is returned, and the task's link (set by the portal) records it.
+
+    A message that does not follow the protocol is refused whole: the result says why, as an
+    infrastructure error (the portal's or the deployment's fault, never the student's).
+    """
+    try:
+        job = JobMessage.from_dict(message)
+    except ProtocolError as exc:
+        log.error("refused a malformed job message: %s", exc)
+        job_id = message.get("job_id") if isinstance(message, dict) else None
+        return JobResult(
+            job_id=job_id if isinstance(job_id, (int, str)) else "unknown",
+            verdict=Verdict.ERROR,
+            reason="bad_message",
+            score=0.0,
+            metric=None,
+            summary=f"The grader refused the job (not your fault; it is retried): {exc}",
+            worker=socket.gethostname(),
+        ).to_dict()
     app.send_task(
-        "portal.record_job_started",
-        kwargs={"job_id": job_id, "worker": socket.gethostname(), "started_at": time.time()},
+        Task.RECORD_JOB_STARTED,
+        kwargs={"job_id": job.job_id, "worker": socket.gethostname(), "started_at": time.time()},
         queue=settings.current().portal_queue,
     )
-    sink = RedisStreamSink(_redis(), message["events_stream"])
-    result = grade(message, sink)
+    result = grade(job, RedisStreamSink(_redis(), job.events_stream))
     log.info(
         "job %s: %s (%s) in %.2fs",
-        job_id,
+        job.job_id,
         result["verdict"],
         for_terminal(result["summary"][:200]),
         result["timings"].get("worker_total", 0.0),
@@ -57,31 +74,32 @@ def run_job(self, message: dict) -> dict:
     return result
 
 
-@app.task(name="gpu_runner.check_lab")
-def check_uploaded_lab(message: dict) -> dict:
+@app.task(name=Task.SELF_CHECK_LAB)
+def self_check_uploaded_lab(message: dict) -> dict:
     """Self-check an uploaded lab: unpack its zip here and grade every shipped solution.
 
     The report goes back to the portal (the task's link), which allows publishing only when
     ``ok``. The lab's grader is instructor code: it runs here as built-in graders do.
     """
+    try:
+        upload = SelfCheckMessage.from_dict(message)
+    except ProtocolError as exc:
+        return SelfCheckReport(ok=False, problems=[str(exc)], solutions=[], worker=socket.gethostname()).to_dict()
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="aisys-lab-check-") as scratch:
         try:
-            lab = archive.unpack(base64.b64decode(message["archive"]), Path(scratch))
-        except LabError as exc:
-            return {"ok": False, "problems": [str(exc)], "solutions": [], "worker": socket.gethostname()}
-        started = time.monotonic()
-        problems, checks = check_lab(lab, owner=f"upload-{message['upload_id']}")
-    report = {
-        "ok": not problems and all(c.ok for c in checks),
-        "problems": problems,
-        "solutions": [c.as_dict() for c in checks],
-        "worker": socket.gethostname(),
-        "seconds": round(time.monotonic() - started, 1),
-    }
-    log.info(
-        "uploaded lab %s: check %s in %.1fs",
-        message.get("slug"),
-        "passed" if report["ok"] else "failed",
-        report["seconds"],
+            lab = archive.unpack(base64.b64decode(upload.archive), Path(scratch))
+        except (LabError, ValueError) as exc:
+            return SelfCheckReport(ok=False, problems=[str(exc)], solutions=[], worker=socket.gethostname()).to_dict()
+        problems, checks = self_check_lab(lab, owner=f"upload-{upload.upload_id}")
+    report = SelfCheckReport(
+        ok=not problems and all(c.ok for c in checks),
+        problems=problems,
+        solutions=[c.as_dict() for c in checks],
+        worker=socket.gethostname(),
+        seconds=round(time.monotonic() - started, 1),
     )
-    return report
+    log.info(
+        "uploaded lab %s: self-check %s in %.1fs", upload.slug, "passed" if report.ok else "failed", report.seconds
+    )
+    return report.to_dict()

@@ -38,6 +38,7 @@ from gpu_runner import launcher, sandbox
 from gpu_runner.jobfolder import JobFolder
 from gpu_runner.jobsetup import describe_error, harness_command, job_environment, new_job_folder, read_record
 from gpu_runner.text import bounded
+from labs.protocol import EventType
 
 CALLS_DIR = "calls"  # in the runner folder: written by the worker, opened by name in the sandbox
 HEADER_LIMIT = 1 << 20
@@ -76,6 +77,7 @@ class _Process:
     process: launcher.JobProcess
     folder: JobFolder
     box: sandbox.Sandbox
+    job_wall_seconds: float
     events: list[tuple[float, dict]] = field(default_factory=list)  # (worker clock, event)
 
     def wait_for(self, *types: str, number: int | None = None) -> tuple[float, dict]:
@@ -93,7 +95,7 @@ class _Process:
     def _ended(self) -> str:
         process = self.process
         if process.timed_out:
-            return f"the benchmark ran past the time limit of {self.box.limits['wall_seconds']:g} s"
+            return f"the job's time limit of {self.job_wall_seconds:g} s ran out during the benchmark"
         if process.output_limited:
             return "the benchmark printed more than the output limit"
         return "the process ended during the benchmark"
@@ -220,8 +222,11 @@ def _start(grading, role: str) -> _Process:
         folder.write_box_file("reference.py", lab.reference_module.read_bytes())
         entry, forbidden = "reference.py", ()
     gpus = sandbox.assigned_gpus() if grading.device == "cuda" else ()
-    box = sandbox.Sandbox(grading.config, folder, grading.limits, gpus)
-    holder = _Process(role=role, process=None, folder=folder, box=box)  # type: ignore[arg-type]
+    # The lab's wall time covers the whole job, tests and benchmark: these processes get what is left.
+    wall = float(grading.limits["wall_seconds"])
+    left = wall - (time.time() - grading.marks.get("launched", time.time()))
+    box = sandbox.Sandbox(grading.config, folder, {**grading.limits, "wall_seconds": max(left, 1.0)}, gpus)
+    holder = _Process(role=role, process=None, folder=folder, box=box, job_wall_seconds=wall)  # type: ignore[arg-type]
 
     def on_event(event: dict) -> None:
         holder.events.append((time.monotonic(), event))
@@ -229,7 +234,7 @@ def _start(grading, role: str) -> _Process:
 
     def on_output(text: str) -> None:
         if role == "student":
-            grading.sink.publish("log", {"stream": "output", "text": text})
+            grading.sink.publish(EventType.LOG, {"stream": "output", "text": text})
 
     try:
         holder.process = launcher.JobProcess(
@@ -290,7 +295,7 @@ def _saved(value) -> bytes:
 def _publish(grading, index: int, outcome: str, message: str) -> None:
     test = grading.tests[index]
     test.settle(outcome, message)
-    grading.sink.publish("test", test.as_dict())
+    grading.sink.publish(EventType.TEST, test.as_dict())
 
 
 def _error_detail(processes: list[_Process]) -> str:

@@ -16,7 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from labs.catalog import Lab, LabError, load_lab
+from labs.catalog import LabError, LabFolder, load_lab
 
 MAX_ARCHIVE_BYTES = 5 << 20
 MAX_UNPACKED_BYTES = 20 << 20
@@ -74,7 +74,7 @@ def check_archive(data: bytes) -> tuple[zipfile.ZipFile, str]:
     return archive, prefix
 
 
-def unpack(data: bytes, root: Path) -> Lab:
+def unpack(data: bytes, root: Path) -> LabFolder:
     """Unpack the zip into ``root/<slug>/`` (which must not exist) and load it as a lab."""
     archive, prefix = check_archive(data)
     staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=root))
@@ -106,11 +106,20 @@ def unpack(data: bytes, root: Path) -> Lab:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def validate(data: bytes) -> Lab:
+def validate(data: bytes) -> LabFolder:
     """Check a zip as ``unpack`` would, in a scratch folder that is removed again; returns the lab
     (whose ``path`` no longer exists: use its metadata only)."""
     with tempfile.TemporaryDirectory(prefix="aisys-lab-zip-") as scratch:
         return unpack(data, Path(scratch))
+
+
+def _functions(lab: LabFolder, name: str) -> set[str]:
+    """The names of the top-level functions of ``name`` in the lab folder, parsed, not imported."""
+    try:
+        tree = ast.parse((lab.path / name).read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError, ValueError) as exc:
+        raise LabError(f"{name} does not parse: {exc}") from None
+    return {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
 
 
 def _slug_of(folder: Path) -> str:
@@ -130,18 +139,27 @@ def _slug_of(folder: Path) -> str:
     return slug
 
 
-def _check_contents(lab: Lab) -> None:
-    """What load_lab does not check because built-in labs are reviewed in git: the grader's three
-    functions exist (read, not run), the starter and a correct solution are there."""
-    grader = lab.path / "grader.py"
-    try:
-        tree = ast.parse(grader.read_text(encoding="utf-8"))
-    except (SyntaxError, UnicodeDecodeError) as exc:
-        raise LabError(f"grader.py does not parse: {exc}") from None
-    defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
-    missing = [name for name in ("cases", "run", "check") if name not in defined]
+def _check_contents(lab: LabFolder) -> None:
+    """What load_lab does not check because built-in labs are reviewed in git: the lab is on the lab
+    contract v2 (grader.py defines cases() and check(), run.py defines run(), and timed(), with
+    call_inputs() in grader.py, when either is there), read, not run; the starter and a correct
+    solution are there."""
+    grader = _functions(lab, "grader.py")
+    if "run" in grader:
+        raise LabError(
+            "grader.py defines run(): move it into run.py as run(module, inputs, harness) "
+            "(lab contract v2, see docs/authoring-labs.md)"
+        )
+    missing = [f"grader.py: {name}()" for name in ("cases", "check") if name not in grader]
+    if not (lab.path / "run.py").is_file():
+        missing.append("run.py: run(module, inputs, harness)")
+    else:
+        run = _functions(lab, "run.py")
+        missing += [f"run.py: {name}()" for name in ("run",) if name not in run]
+        if ("timed" in run) != ("call_inputs" in grader):
+            missing.append("run.py: timed() and grader.py: call_inputs() (a timed case needs both)")
     if missing:
-        raise LabError(f"grader.py must define {', '.join(f'{n}()' for n in missing)} (see docs/authoring-labs.md)")
+        raise LabError(f"the lab must define {', '.join(missing)} (see docs/authoring-labs.md)")
     if lab.entry not in lab.starter_files():
         raise LabError(f"starter/{lab.entry} is missing: students need a file to start from")
     solutions = lab.solutions()

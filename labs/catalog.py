@@ -69,7 +69,7 @@ class Solution:
 
 
 @dataclass(frozen=True)
-class Lab:
+class LabFolder:
     slug: str
     path: Path
     title: str
@@ -191,7 +191,7 @@ def content_hash(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def load_lab(path: Path | str) -> Lab:
+def load_lab(path: Path | str) -> LabFolder:
     folder = Path(path).resolve()
     meta = _load_toml(folder / "lab.toml")
     where = folder / "lab.toml"
@@ -241,7 +241,7 @@ def load_lab(path: Path | str) -> Lab:
         raise LabError(f"{readme_path} is missing: students need instructions")
     if not (folder / "grader.py").exists():
         raise LabError(f"{folder / 'grader.py'} is missing")
-    return Lab(
+    return LabFolder(
         slug=slug,
         path=folder,
         title=need("title", str),
@@ -267,7 +267,7 @@ def lab_roots() -> list[Path]:
     return [LABS_ROOT, UPLOADED_LABS_ROOT]
 
 
-def discover_labs(root: Path | str | None = None) -> list[Lab]:
+def discover_labs(root: Path | str | None = None) -> list[LabFolder]:
     """Every lab folder holding a lab.toml, sorted by slug: under ``root``, or (by default) the
     built-in labs and the published uploads."""
     if root is not None:
@@ -279,7 +279,7 @@ def discover_labs(root: Path | str | None = None) -> list[Lab]:
     return [load_lab(found[slug]) for slug in sorted(found)]
 
 
-def find_lab(slug: str, root: Path | str | None = None) -> Lab:
+def find_lab(slug: str, root: Path | str | None = None) -> LabFolder:
     if not SLUG_RE.match(slug):
         raise LabError(f"'{slug}' is not a lab slug")
     roots = [Path(root)] if root else lab_roots()

@@ -1,8 +1,9 @@
 """``manage.py lab new <slug>``: a new lab folder that already works, for an instructor to edit.
 
-The scaffold is a complete small lab (write ``relu(x)`` without torch's own) with a correct
-solution and the four kinds of wrong solution every lab ships, so ``manage.py lab check`` passes
-on it from the first minute; each file says what to change. Nothing here imports Django.
+The scaffold is a complete small lab on the lab contract v2 (write ``relu(x)`` without torch's
+own; grader.py, run.py, reference.py, a timed case) with a correct solution, the four kinds of
+wrong solution every lab ships and a benchmark cheat, so ``manage.py lab check`` passes on it from
+the first minute; each file says what to change. Nothing here imports Django.
 """
 
 from __future__ import annotations
@@ -55,8 +56,11 @@ The inputs are generated from a secret seed for each submission; the tests' name
 shown to you, their inputs are not.
 
 ## Metric
-Your time divided by torch's on a 1-million-element tensor, measured in the same job (lower is
-better); it ranks correct submissions on the leaderboard.
+Your time divided by torch's on a 1-million-element tensor (lower is better); it ranks correct
+submissions on the leaderboard. Once every test passes, the grader times 20 calls of your relu
+and 20 of torch's, alternating, each on fresh inputs revealed only when the call starts, on its
+own clock; torch runs in a separate process where your code never ran, and every timed call's
+result is checked.
 
 ## Hints
 - `torch.where` keeps the dtype and shape.
@@ -67,60 +71,74 @@ better); it ranks correct submissions on the leaderboard.
 
 GRADER = '''"""Grader for the ``{slug}`` lab (scaffolded by ``manage.py lab new``; edit freely).
 
-``cases`` and ``check`` are trusted and run in the worker; ``run`` is shipped alone into the
-sandbox, so it imports what it needs inside its body. See docs/authoring-labs.md.
+Trusted: runs in the worker, never in the sandbox. ``cases`` makes every test from the job's
+secret seed, ``call_inputs`` one timed call's fresh inputs, ``check`` compares what the sandbox
+returned with references computed here. run.py is what runs in the sandbox; reference.py is
+torch's own relu, timed in a clean process next to the student's. See docs/authoring-labs.md.
 """
 
 from __future__ import annotations
 
 import torch
 
-from labs.grading import CheckFailed, assert_close
+from labs.trusted import assert_close, check_timed_calls, timing_summary
 
 SHAPES = ((7,), (3, 5, 11), (0,), (100_000,))
+TIMED_SIZE = 1_000_000
 
 
-def cases(seed: int) -> list[dict]:
+def cases(seed: int, *, device: str = "cpu") -> list[dict]:
     gen = torch.Generator().manual_seed(seed)
     out = []
     for shape in SHAPES:
         x = torch.randn(shape, generator=gen, dtype=torch.float64)
         name = "shape_" + "x".join(str(n) for n in shape)
-        out.append({{"name": name, "points": 20, "inputs": {{"kind": "relu", "x": x}}, "expected": x.clamp_min(0)}})
-    out.append({{"name": "speed", "points": 0, "inputs": {{"kind": "speed", "n": 1_000_000}}}})
+        out.append({{"name": name, "points": 20, "inputs": {{"x": x}}, "expected": x.clamp_min(0)}})
+    out.append(
+        {{
+            "name": "speed",
+            "points": 0,
+            "inputs": {{}},
+            "timed": {{"calls": 20, "warmup": 3, "reference": True, "outputs": {{"out": [TIMED_SIZE]}}}},
+        }}
+    )
     return out
 
 
-def run(module, inputs: dict):
-    import time
-
-    import torch
-
-    if inputs["kind"] == "relu":
-        return module.relu(inputs["x"])
-    x = torch.randn(inputs["n"])
-    reference = harness.original("torch.relu")  # noqa: F821 (set by the runner)
-    harness.begin("speed")  # noqa: F821 - the worker's own clock encloses the timed region
-    ratios = []
-    for _ in range(5):
-        started = time.perf_counter()
-        module.relu(x)
-        mine = time.perf_counter() - started
-        started = time.perf_counter()
-        reference(x)
-        ratios.append(mine / max(time.perf_counter() - started, 1e-9))
-    harness.end("speed")  # noqa: F821
-    return {{"ratio": sorted(ratios)[len(ratios) // 2]}}
+def call_inputs(case: dict, seed: int) -> dict:
+    """One timed call's input, from a secret seed drawn as the call starts."""
+    return {{"x": torch.randn(TIMED_SIZE, generator=torch.Generator().manual_seed(seed))}}
 
 
 def check(case: dict, output) -> dict | None:
-    if case["inputs"]["kind"] == "relu":
-        assert_close(output, case["expected"], what="relu(x)", rtol=0.0, atol=0.0)
-        return None
-    ratio = output.get("ratio") if isinstance(output, dict) else None
-    if not isinstance(ratio, float) or ratio <= 0:
-        raise CheckFailed("the timing run returned no ratio")
-    return {{"metric": ratio, "message": f"{{ratio:.2f}}x torch.relu's time"}}
+    if "timed" in case:
+        check_timed_calls(case, output, lambda inputs: {{"out": inputs["x"].clamp_min(0)}}, rtol=0.0, atol=0.0)
+        summary = timing_summary(case)
+        return {{"metric": summary["ratio"], "message": summary["message"]}}
+    assert_close(output, case["expected"], what="relu(x)", rtol=0.0, atol=0.0)
+    return None
+'''
+
+RUN = '''"""What runs in the sandbox, next to the student's code: call relu() on a test's inputs, or on
+one timed call's. It decides nothing: the worker checks what comes back."""
+
+
+def run(module, inputs: dict, harness):
+    return module.relu(inputs["x"])
+
+
+def timed(module, inputs: dict, harness):
+    return {{"out": module.relu(inputs["x"])}}
+'''
+
+REFERENCE = '''"""torch's own relu behind the student's interface: what the timed case compares against, in a
+clean process where no student code runs."""
+
+import torch
+
+
+def relu(x: torch.Tensor) -> torch.Tensor:
+    return torch.relu(x)
 '''
 
 STARTER = '''"""{title}: write relu(x) without torch's own ReLU. See README.md."""
@@ -139,7 +157,7 @@ def relu(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > 0, x, torch.zeros_like(x))
 """
 
-# name -> (the student file, expected.toml): the four kinds every lab ships.
+# name -> (the student file, expected.toml): the four kinds every lab ships, and a benchmark cheat.
 WRONG = {
     "calls_torch_relu": (
         "import torch\n\n\ndef relu(x):\n    return torch.relu(x)\n",
@@ -152,6 +170,13 @@ WRONG = {
     "crashes": (
         "def relu(x):\n    return x.relu_not_a_method()\n",
         'verdict = "failed"\nmessages = ["AttributeError"]\n',
+    ),
+    "skips_timed_work": (
+        "import torch\n\n\ndef relu(x):\n"
+        "    if x.numel() == 1_000_000:  # only the timed calls are this big\n"
+        "        return x  # a benchmark cheat: the timed calls' results are checked too\n"
+        "    return torch.where(x > 0, x, torch.zeros_like(x))\n",
+        'verdict = "failed"\nreason = "wrong_answer"\nscore = 100.0\nmessages = ["returned a wrong \'out\'"]\n',
     ),
     "hangs": (
         "def relu(x):\n    while True:\n        pass\n",
@@ -175,6 +200,8 @@ def create_lab(slug: str, root: Path, *, title: str | None = None, entry: str | 
         "lab.toml": LAB_TOML.format(**fields),
         "README.md": README.format(**fields),
         "grader.py": GRADER.format(**fields),
+        "run.py": RUN.format(**fields),
+        "reference.py": REFERENCE.format(**fields),
         f"starter/{entry}": STARTER.format(**fields),
         f"solutions/correct/{entry}": CORRECT,
     }

@@ -10,6 +10,8 @@ import os
 
 from celery import Celery
 
+from labs.protocol import Task
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
 app = Celery("portal")
@@ -26,7 +28,7 @@ app.conf.update(
     worker_hijack_root_logger=False,
     beat_schedule={
         "dispatch-and-reap": {
-            "task": "portal.jobs_sweep",
+            "task": Task.JOBS_SWEEP,
             "schedule": float(os.environ.get("JOB_DISPATCH_INTERVAL_SECONDS", "5")),
             "options": {"queue": "portal", "expires": 30},
         }

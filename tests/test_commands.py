@@ -73,13 +73,14 @@ def test_lab_new_scaffolds_a_lab_that_passes_lab_check(tmp_path):
     created = _manage("lab", "new", "demo_relu", "--root", str(tmp_path))
     assert created.returncode == 0, created.stderr
     folder = tmp_path / "demo_relu"
-    assert (folder / "starter" / "demo_relu.py").exists() and len(list((folder / "solutions" / "wrong").iterdir())) == 4
+    assert (folder / "starter" / "demo_relu.py").exists() and len(list((folder / "solutions" / "wrong").iterdir())) == 5
+    assert (folder / "run.py").exists() and (folder / "reference.py").exists()  # lab contract v2
     again = _manage("lab", "new", "demo_relu", "--root", str(tmp_path))
     assert again.returncode != 0 and "already exists" in again.stderr
 
     checked = _manage("lab", "check", str(folder))
     assert checked.returncode == 0, checked.stderr
-    for name in ("starter", "correct", "calls_torch_relu", "leaky", "crashes", "hangs"):
+    for name in ("starter", "correct", "calls_torch_relu", "leaky", "crashes", "hangs", "skips_timed_work"):
         assert re.search(rf"ok\s+{name}\s", checked.stderr), checked.stderr
     assert "all checks passed" in checked.stderr
 

@@ -5,7 +5,6 @@ from django.db import models
 class Lab(models.Model):
     """A lab of the catalog as last synced from labs/<slug>/ (``manage.py sync_labs``)."""
 
-    RESOURCE_CLASSES = [("cpu", "CPU"), ("gpu", "GPU")]
     DIRECTIONS = [("lower", "lower is better"), ("higher", "higher is better")]
 
     slug = models.SlugField(max_length=50, unique=True)

@@ -7,8 +7,7 @@ from pathlib import Path
 
 from django.db import transaction
 
-from labs.catalog import Lab as LabFolder
-from labs.catalog import discover_labs
+from labs.catalog import LabFolder, discover_labs
 from portal.catalog.models import Lab, LabVersion
 from portal.catalog.rendering import render_markdown
 

@@ -21,6 +21,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import RedisError
 
 from labs import archive, catalog
+from labs.protocol import ProtocolError, SelfCheckMessage, SelfCheckReport, Task
 from portal.catalog.models import Lab, LabUpload
 from portal.catalog.services import lab_sync_all
 from portal.celery import app as celery_app
@@ -64,29 +65,27 @@ def lab_upload_create(*, user, data: bytes) -> LabUpload:
         archive_sha256=hashlib.sha256(data).hexdigest(),
         message="Waiting for a worker to grade the lab's starter and solutions.",
     )
-    transaction.on_commit(lambda: lab_upload_dispatch_check(upload_id=upload.pk))
+    transaction.on_commit(lambda: lab_upload_dispatch_self_check(upload_id=upload.pk))
     return upload
 
 
-def lab_upload_check_message(*, upload: LabUpload) -> dict:
-    return {
-        "upload_id": upload.pk,
-        "slug": upload.slug,
-        "archive": base64.b64encode(bytes(upload.archive)).decode(),
-    }
+def lab_upload_self_check_message(*, upload: LabUpload) -> SelfCheckMessage:
+    return SelfCheckMessage(
+        upload_id=upload.pk, slug=upload.slug, archive=base64.b64encode(bytes(upload.archive)).decode()
+    )
 
 
-def lab_upload_dispatch_check(*, upload_id: int) -> bool:
+def lab_upload_dispatch_self_check(*, upload_id: int) -> bool:
     """Send the self-check to a worker; False (the upload waits, 'check again' retries) if the broker is down."""
     upload = LabUpload.objects.filter(pk=upload_id).first()
     if upload is None or upload.state == LabUpload.State.PUBLISHED:
         return False
     try:
         celery_app.send_task(
-            "gpu_runner.check_lab",
-            args=[lab_upload_check_message(upload=upload)],
+            Task.SELF_CHECK_LAB,
+            args=[lab_upload_self_check_message(upload=upload).to_dict()],
             queue=upload.resource_class.split(".")[0],
-            link=celery_app.signature("portal.record_lab_check", kwargs={"upload_id": upload.pk}, queue="portal"),
+            link=celery_app.signature(Task.RECORD_LAB_SELF_CHECK, kwargs={"upload_id": upload.pk}, queue="portal"),
             retry=False,
         )
     except (BrokerError, RedisError, OSError) as exc:
@@ -99,13 +98,20 @@ def lab_upload_dispatch_check(*, upload_id: int) -> bool:
     return True
 
 
-def lab_upload_record_check(*, upload_id: int, report: dict) -> LabUpload | None:
+def lab_upload_record_self_check(*, upload_id: int, report: dict) -> LabUpload | None:
+    """Store a worker's self-check report; one that does not follow the protocol fails the check."""
+    try:
+        report = SelfCheckReport.from_dict(report).to_dict()
+    except ProtocolError as exc:
+        report = SelfCheckReport(
+            ok=False, problems=[f"the worker's report could not be read: {exc}"], solutions=[], worker=""
+        ).to_dict()
     with transaction.atomic():
         upload = LabUpload.objects.select_for_update().filter(pk=upload_id).first()
         if upload is None or upload.state == LabUpload.State.PUBLISHED:
             return upload
         upload.report = report
-        upload.state = LabUpload.State.PASSED if report.get("ok") else LabUpload.State.FAILED
+        upload.state = LabUpload.State.PASSED if report["ok"] else LabUpload.State.FAILED
         upload.message = _summary(report)
         upload.checked_at = timezone.now()
         upload.save(update_fields=["report", "state", "message", "checked_at"])

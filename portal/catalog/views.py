@@ -14,7 +14,7 @@ from portal.catalog.uploads import (
     LabUploadError,
     can_manage_labs,
     lab_upload_create,
-    lab_upload_dispatch_check,
+    lab_upload_dispatch_self_check,
     lab_upload_publish,
 )
 
@@ -74,7 +74,7 @@ def lab_upload_action(request, upload_id: int, action: str):
         else:
             messages.success(request, f"{lab.slug} v{lab.version} is published and can be assigned.")
     elif action == "check":
-        if lab_upload_dispatch_check(upload_id=upload.pk):
+        if lab_upload_dispatch_self_check(upload_id=upload.pk):
             messages.success(request, "Sent to a worker to be checked again.")
         else:
             messages.error(request, "The job queue is unreachable; try again shortly.")

@@ -35,10 +35,6 @@ class Enrollment(models.Model):
     def __str__(self) -> str:
         return f"{self.user} in {self.course} as {self.role}"
 
-    @property
-    def is_staff_role(self) -> bool:
-        return self.role in (self.Role.TA, self.Role.INSTRUCTOR)
-
 
 class Assignment(models.Model):
     """A lab offered in a course, with its window and visibility."""

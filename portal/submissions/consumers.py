@@ -15,6 +15,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from redis.exceptions import RedisError
 
+from labs.protocol import EventType
 from portal.submissions import streams
 from portal.submissions.selectors import job_archived_events, job_stream_access
 
@@ -63,7 +64,7 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
                         for event in archived:
                             await self.send_json({"kind": "event", **event})
                             last = event["seq"]
-                        if archived and archived[-1]["type"] == "result":
+                        if archived and archived[-1]["type"] == EventType.RESULT:
                             return
                     last, finished = await self._relay_stream(client, key, last)
                 except RedisError as exc:
@@ -89,5 +90,5 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
                     continue
                 await self.send_json({"kind": "event", **event})
                 last = event["seq"]
-                finished = finished or event["type"] == "result"
+                finished = finished or event["type"] == EventType.RESULT
         return last, finished

@@ -19,6 +19,7 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import RedisError
 
+from labs.protocol import JobMessage, JobResult, ProtocolError, Task, Verdict
 from portal.celery import app as celery_app
 from portal.courses.models import Assignment
 from portal.courses.selectors import course_role
@@ -135,21 +136,22 @@ def job_transition(*, job: Job, to: str, **fields) -> Job:
     return job
 
 
-def job_message(*, job: Job) -> dict:
+def job_message(*, job: Job) -> JobMessage:
     """The self-contained message a grading worker needs: no database access on the worker."""
     submission = job.submission
     lab = submission.assignment.lab
-    return {
-        "job_id": job.pk,
-        "lab": {"slug": lab.slug, "version": job.lab_version},
-        "files": {f.name: f.content for f in submission.files.all()},
-        "limits": _job_limits(lab.limits),
-        "seed": job.seed,
-        "owner": f"user-{submission.student_id}",  # whose earlier builds this job may reuse
-        "events_stream": job.events_stream,
-        "resource_class": job.resource_class,
-        "dispatched_at": timezone.now().timestamp(),
-    }
+    return JobMessage(
+        job_id=job.pk,
+        lab_slug=lab.slug,
+        lab_version=job.lab_version,
+        files={f.name: f.content for f in submission.files.all()},
+        limits=_job_limits(lab.limits),
+        seed=job.seed,
+        owner=f"user-{submission.student_id}",  # whose earlier builds this job may reuse
+        events_stream=job.events_stream,
+        resource_class=job.resource_class,
+        dispatched_at=timezone.now().timestamp(),
+    )
 
 
 def _job_limits(limits: dict) -> dict:
@@ -166,13 +168,13 @@ def job_dispatch(*, job_id: int) -> bool:
         job = Job.objects.select_for_update().select_related("submission__assignment__lab").filter(pk=job_id).first()
         if job is None or job.state != State.QUEUED:
             return False
-        message = job_message(job=job)
+        message = job_message(job=job).to_dict()
         try:
             celery_app.send_task(
-                "gpu_runner.run_job",
+                Task.RUN_JOB,
                 args=[message],
                 queue=job.resource_class,
-                link=celery_app.signature("portal.record_job_result", kwargs={"job_id": job.pk}, queue="portal"),
+                link=celery_app.signature(Task.RECORD_JOB_RESULT, kwargs={"job_id": job.pk}, queue="portal"),
                 retry=False,
             )
         except (BrokerError, RedisError, OSError) as exc:
@@ -206,11 +208,24 @@ def job_mark_started(*, job_id: int, worker: str, started_at: float) -> None:
 
 
 def job_record_result(*, job_id: int, result: dict) -> Job | None:
-    """Persist a worker's result; idempotent: a job that is already final is left as it is."""
-    verdict = result.get("verdict")
-    if verdict not in (State.SUCCEEDED, State.FAILED, State.ERROR, State.TIMED_OUT):
-        log.error("job %s: ignoring a result with verdict %r", job_id, verdict)
-        return None
+    """Persist a worker's result; idempotent: a job that is already final is left as it is.
+
+    A result that does not follow the protocol is recorded as an infrastructure error (so the job
+    is retried, boundedly) with the reason in its summary, never stored half-read.
+    """
+    try:
+        parsed = JobResult.from_dict(result)
+    except ProtocolError as exc:
+        log.error("job %s: the worker's result is malformed: %s", job_id, exc)
+        parsed = JobResult(
+            job_id=job_id,
+            verdict=Verdict.ERROR,
+            reason="bad_result",
+            score=0.0,
+            metric=None,
+            summary=f"The grader's result could not be read (not your fault; the job is retried): {exc}",
+        )
+    verdict = str(parsed.verdict)
     with transaction.atomic():
         job = Job.objects.select_for_update().select_related("submission__assignment").filter(pk=job_id).first()
         if job is None or job.is_final:
@@ -221,13 +236,13 @@ def job_record_result(*, job_id: int, result: dict) -> Job | None:
             to=verdict,
             finished_at=now,
             recorded_at=now,
-            score=float(result.get("score") or 0.0),
-            metric=result.get("metric"),
-            reason=str(result.get("reason", ""))[:40],
-            summary=str(result.get("summary", ""))[:5000],
-            output_tail=str(result.get("output_tail", ""))[-8192:],
-            worker=str(result.get("worker", job.worker))[:200],
-            result=result,
+            score=parsed.score,
+            metric=parsed.metric,
+            reason=parsed.reason[:40],
+            summary=parsed.summary[:5000],
+            output_tail=parsed.output_tail[-8192:],
+            worker=(parsed.worker or job.worker)[:200],
+            result=parsed.to_dict(),
         )
         job_events_archive(job=job)
         if verdict == State.ERROR:
@@ -286,8 +301,10 @@ def jobs_reap(*, now: datetime | None = None) -> int:
 
 
 def _job_give_up(job: Job, summary: str) -> int:
-    result = {"verdict": State.ERROR, "reason": "worker_lost", "score": 0.0, "summary": summary}
-    return int(job_record_result(job_id=job.pk, result=result) is not None)
+    result = JobResult(
+        job_id=job.pk, verdict=Verdict.ERROR, reason="worker_lost", score=0.0, metric=None, summary=summary
+    )
+    return int(job_record_result(job_id=job.pk, result=result.to_dict()) is not None)
 
 
 def jobs_archive_pending() -> int:

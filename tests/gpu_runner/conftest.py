@@ -9,6 +9,7 @@ import pytest
 import labs.catalog
 from gpu_runner.events import EventSink
 from gpu_runner.grading import grade
+from labs.protocol import JobMessage
 from tests.conftest import FIXTURE_LABS
 
 
@@ -30,11 +31,12 @@ def grade_source(
     source: str, *, lab: str = "echo_lab", version: int = 1, limits: dict | None = None, extra: dict | None = None
 ):
     """Grade ``source`` as the lab's entry file; returns the result and the published events."""
-    message = {
-        "job_id": "t",
-        "lab": {"slug": lab, "version": version},
-        "files": {"sol.py": textwrap.dedent(source), **(extra or {})},
-        "limits": {
+    message = JobMessage(
+        job_id="t",
+        lab_slug=lab,
+        lab_version=version,
+        files={"sol.py": textwrap.dedent(source), **(extra or {})},
+        limits={
             "wall_seconds": 8,
             "output_bytes": 100_000,
             "cpu_seconds": 60,
@@ -43,8 +45,8 @@ def grade_source(
             "file_size_mb": 64,
             **(limits or {}),
         },
-        "seed": 1234,
-    }
+        seed=1234,
+    )
     sink = ListSink()
     result = grade(message, sink)
     return result, sink.events

@@ -133,3 +133,18 @@ def test_call_inputs_travel_as_an_aligned_bundle(tmp_path):
         assert offset % 64 == 0
         got = torch.frombuffer(bytearray(data[offset : offset + nbytes]), dtype=getattr(torch, dtype)).reshape(shape)
         assert torch.equal(got, inputs[key])
+
+
+def test_a_meter_is_counted_by_the_worker_where_the_student_cannot_reset_it():
+    result, _ = grade_source(
+        """
+import sys
+
+def affine(x, w, b):
+    sys.modules["__main__"].Harness.meter("trial", -100)  # try to take trials back
+    return x * w + b
+""",
+        lab="timed_lab",
+        limits=LIMITS,
+    )
+    assert _tests(result)["metered"]["message"] == "the worker counted 3 trials; run() said 3"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpu_runner.selfcheck import check_lab
+from gpu_runner.selfcheck import self_check_lab
 from labs.catalog import discover_labs
 
 LABS = {lab.slug: lab for lab in discover_labs()}
@@ -15,7 +15,7 @@ LABS = {lab.slug: lab for lab in discover_labs()}
 @pytest.mark.parametrize("slug", sorted(LABS))
 def test_every_shipped_solution_gets_the_outcome_it_is_meant_to(slug):
     lab = LABS[slug]
-    problems, checks = check_lab(lab)
+    problems, checks = self_check_lab(lab)
     assert not problems, problems
     kinds = [c.solution.kind for c in checks]
     assert kinds.count("starter") == 1 and kinds.count("correct") == 1 and kinds.count("wrong") >= 4

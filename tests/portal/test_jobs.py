@@ -14,6 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from labs.catalog import LABS_ROOT
+from labs.protocol import Task
 from portal.catalog.models import Lab
 from portal.catalog.services import lab_sync_all
 from portal.courses.services import assignment_create
@@ -52,7 +53,7 @@ def test_redis_down_at_submit_keeps_the_job_queued_and_dispatches_it_when_back(c
     queued = private_broker.client().lrange("cpu", 0, -1)
     assert len(queued) == 1
     envelope = json.loads(queued[0])
-    assert envelope["headers"]["task"] == "gpu_runner.run_job"
+    assert envelope["headers"]["task"] == Task.RUN_JOB
     message = json.loads(base64.b64decode(envelope["body"]))[0][0]
     assert message["job_id"] == job.pk and message["files"] == {"linear_op.py": "x = 1\n"}
     assert message["lab"] == {"slug": "custom_op", "version": custom_op.lab.version}
@@ -66,6 +67,7 @@ def queued_job(cast, custom_op, private_broker):
 
 def result(verdict="succeeded", score=100.0, metric=1.2, **extra):
     return {
+        "job_id": 1,
         "verdict": verdict,
         "score": score,
         "metric": metric,
@@ -172,3 +174,12 @@ def test_a_correct_gpu_result_without_a_gpu_worker_is_listed_unranked(cast, priv
     client.force_login(cast["ines"])
     page = client.get(reverse("courses:leaderboard", args=[cast["course"].slug, vector_add.slug])).content.decode()
     assert "unranked: no GPU worker" in page
+
+
+def test_a_malformed_result_is_recorded_as_an_infrastructure_error_and_retried(queued_job):
+    job_record_result(job_id=queued_job.pk, result={"verdict": "great", "score": 1e9})
+    queued_job.refresh_from_db()
+    assert queued_job.state == Job.State.ERROR and queued_job.reason == "bad_result"
+    assert "could not be read" in queued_job.summary and "verdict 'great'" in queued_job.summary
+    retry = queued_job.submission.jobs.exclude(pk=queued_job.pk).get()
+    assert retry.state == Job.State.QUEUED and retry.attempt == 2

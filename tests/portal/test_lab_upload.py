@@ -15,11 +15,12 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from gpu_runner.tasks import check_uploaded_lab
+from gpu_runner.tasks import self_check_uploaded_lab
 from labs import catalog
+from labs.protocol import Task
 from labs.scaffold import create_lab
 from portal.catalog.models import Lab, LabUpload
-from portal.catalog.uploads import LabUploadError, lab_upload_publish, lab_upload_record_check
+from portal.catalog.uploads import LabUploadError, lab_upload_publish, lab_upload_record_self_check
 
 
 def _zip(folder, *, prefix=None, extra=()) -> bytes:
@@ -61,7 +62,12 @@ def _symlink(name: str, target: str) -> tuple[zipfile.ZipInfo, str]:
         (lambda s: _zip(s, extra=[("../escape.py", "x")]), "must be relative and stay inside the lab folder"),
         (lambda s: _zip(s, extra=[_symlink("relu_lab/data.txt", "/etc/passwd")]), "is a symbolic link"),
         (lambda s: _zip(s, extra=[("other/lab.toml", "slug = 'other'")]), "exactly one lab"),
-        (lambda s: _edited(s, "grader.py", "def run(", "def runs("), "grader.py must define run()"),
+        (lambda s: _edited(s, "run.py", "def run(", "def runs("), "run.py: run()"),
+        (
+            lambda s: _edited(s, "grader.py", "def check(", "def run(case, output):\n    pass\n\n\ndef check("),
+            "move it into run.py",
+        ),
+        (lambda s: _edited(s, "run.py", "def timed(", "def timer("), "a timed case needs both"),
         (lambda s: _edited(s, "lab.toml", "version = 1", 'version = "1"'), "'version' must be a int"),
         (lambda s: _zip(s, extra=[("relu_lab/big.bin", b"\0" * (5 << 20))]), "a lab may be at most 5 MiB"),
     ],
@@ -103,9 +109,9 @@ def test_a_good_zip_is_checked_by_a_worker_then_published_and_assignable(
 
     # The check went to the cpu queue: run that very message as the worker does.
     envelope = json.loads(private_broker.client().lrange("cpu", 0, -1)[0])
-    assert envelope["headers"]["task"] == "gpu_runner.check_lab"
+    assert envelope["headers"]["task"] == Task.SELF_CHECK_LAB
     message = json.loads(base64.b64decode(envelope["body"]))[0][0]
-    report = check_uploaded_lab(message)
+    report = self_check_uploaded_lab(message)
     assert report["ok"], report
     assert {s["solution"]: s["verdict"] for s in report["solutions"]} == {
         "starter": "failed",
@@ -114,8 +120,9 @@ def test_a_good_zip_is_checked_by_a_worker_then_published_and_assignable(
         "crashes": "failed",
         "hangs": "timed_out",
         "leaky": "failed",
+        "skips_timed_work": "failed",
     }
-    lab_upload_record_check(upload_id=upload.pk, report=report)
+    lab_upload_record_self_check(upload_id=upload.pk, report=report)
     page = client.get(reverse("catalog:upload", args=[upload.pk])).content.decode()
     assert "Check passed" in page and "calls_torch_relu" in page
 
@@ -142,7 +149,7 @@ def test_a_failed_check_keeps_the_lab_unpublishable_and_says_why(cast, scaffold)
         "problems": [],
         "solutions": [{"solution": "leaky", "ok": False, "problems": ["verdict succeeded, expected failed"]}],
     }
-    lab_upload_record_check(upload_id=upload.pk, report=report)
+    lab_upload_record_self_check(upload_id=upload.pk, report=report)
     upload.refresh_from_db()
     assert upload.state == "failed" and "leaky: verdict succeeded, expected failed" in upload.message
     with pytest.raises(LabUploadError):

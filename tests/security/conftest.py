@@ -19,6 +19,7 @@ import redis
 from celery import Celery
 from django.conf import settings
 
+from labs.protocol import JobMessage, Task
 from portal.devstack import Stack
 from tests.conftest import FIXTURE_LABS
 
@@ -78,17 +79,18 @@ class GradingWorker:
         self.jobs += 1
         job_id = f"hostile{self.jobs}"
         stream = f"aisys:job:{job_id}:{secrets.token_hex(8)}:events"
-        message = {
-            "job_id": job_id,
-            "lab": {"slug": lab, "version": 1},
-            "files": {"sol.py": textwrap.dedent(source)},
-            "limits": {**DEFAULT_LIMITS, **(limits or {})},
-            "seed": secrets.randbelow(2**62) if seed is None else seed,
-            "events_stream": stream,
-            "resource_class": self.queue,
-            "dispatched_at": time.time(),
-        }
-        self.broker.send_task("gpu_runner.run_job", args=[message], queue=self.queue)
+        message = JobMessage(
+            job_id=job_id,
+            lab_slug=lab,
+            lab_version=1,
+            files={"sol.py": textwrap.dedent(source)},
+            limits={**DEFAULT_LIMITS, **(limits or {})},
+            seed=secrets.randbelow(2**62) if seed is None else seed,
+            events_stream=stream,
+            resource_class=self.queue,
+            dispatched_at=time.time(),
+        )
+        self.broker.send_task(Task.RUN_JOB, args=[message.to_dict()], queue=self.queue)
         events, last = [], "0-0"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -74,3 +74,24 @@ def affine(x, w, b):
     )
     assert graded.verdict == "succeeded", graded.summary
     assert "cannot freeze" not in graded.tests["benchmark"]["message"]
+
+
+def test_the_digits_labels_that_ship_with_scikit_learn_are_not_in_the_sandbox(worker):
+    # Invariant 3: held-out labels never enter the sandbox, not even through an installed package.
+    graded = worker.grade(
+        """
+import glob, os
+found = []
+try:
+    from sklearn.datasets import load_digits
+    found.append(len(load_digits().target))
+except Exception as exc:
+    found.append(type(exc).__name__)
+found += glob.glob("/opt/venv/**/digits.csv.gz", recursive=True)
+
+def double(x):
+    raise ValueError(f"seen: {found}")
+"""
+    )
+    message = graded.tests["double_0"]["message"]
+    assert "seen: ['FileNotFoundError']" in message, message

@@ -58,8 +58,9 @@ class Command(BaseCommand):
         except catalog.LabError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(
-            f"Created {folder}: a working lab (write relu(x)) with a correct solution and four wrong ones.\n"
-            f"Edit lab.toml, README.md, grader.py, starter/ and solutions/, then run\n"
+            f"Created {folder}: a working lab (write relu(x)) with a correct solution, four wrong ones and a\n"
+            f"benchmark cheat. Edit lab.toml, README.md, grader.py, run.py, reference.py, starter/ and\n"
+            f"solutions/, then run\n"
             f"  python manage.py lab check {folder}\n"
             f"and python manage.py sync_labs to offer it. See docs/authoring-labs.md."
         )
