@@ -13,6 +13,7 @@ import torch
 
 from gpu_runner.grading import grade
 from labs.catalog import find_lab
+from labs.protocol import JobMessage
 from tests.gpu_runner.conftest import ListSink
 
 LAB = find_lab("vector_add")
@@ -20,13 +21,7 @@ SOLUTIONS = {s.name: s for s in LAB.solutions()}
 
 
 def grade_solution(files: dict[str, str], seed: int = 4321) -> dict:
-    message = {
-        "job_id": "va",
-        "lab": {"slug": "vector_add", "version": LAB.version},
-        "files": files,
-        "limits": {},
-        "seed": seed,
-    }
+    message = JobMessage(job_id="va", lab_slug="vector_add", lab_version=LAB.version, files=files, limits={}, seed=seed)
     return grade(message, ListSink())
 
 
