@@ -17,8 +17,8 @@ Every GPU lab's grader and ``bench/kernels.py`` time through here. The method, p
    magnitudes) for the trusted side to check against a reference it computes itself.
 
 Distributed: a barrier on all ranks before each timed call; rank 0 times and decides when to
-stop. CPU: timings of one function on a shared machine are noise, so CPU results are ratios
-against a reference timed interleaved in the same process (``interleaved_ratio``).
+stop. CPU labs are not timed here: their timed cases run in the worker's timing phase
+(``gpu_runner/timing.py``), against a reference in a clean process, on the worker's clock.
 
 This module imports only torch (and triton, optionally, for its version): it is copied into the
 job's sandbox as ``kernels/bench.py``, where it runs next to the student's code. Nothing it
@@ -572,47 +572,6 @@ def _time_graph(fn, inputs_for, timing: Timing, device, settings: Settings, flus
 # --------------------------------------------------------------------------------------------
 # CPU: a ratio against a reference, interleaved
 # --------------------------------------------------------------------------------------------
-
-
-def interleaved_ratio(
-    fn: Callable[..., object],
-    reference: Callable[..., object],
-    inputs_for: Callable[[int], Sequence[torch.Tensor]],
-    *,
-    pairs: int = 20,
-    warmup: int = 3,
-    clock: Callable[[], float] = time.perf_counter,
-) -> dict:
-    """Time ``fn`` and ``reference`` alternately on the same fresh inputs (A B, B A, A B, ...),
-    so drifting clocks and noisy neighbours hit both alike; the result is the median of the
-    per-pair ratios fn / reference (lower is faster than the reference). ``clock`` is there for
-    tests, which must not depend on which of two functions a busy machine runs faster."""
-    for i in range(warmup):
-        fn(*inputs_for(-1 - i))
-        reference(*inputs_for(-1 - i))
-    mine, theirs = [], []
-
-    def timed(f, inputs) -> float:
-        start = clock()
-        f(*inputs)
-        return clock() - start
-
-    for pair in range(pairs):
-        inputs = inputs_for(pair)
-        a_inputs, b_inputs = [t.clone() for t in inputs], [t.clone() for t in inputs]
-        if pair % 2 == 0:
-            mine.append(timed(fn, a_inputs))
-            theirs.append(timed(reference, b_inputs))
-        else:
-            theirs.append(timed(reference, b_inputs))
-            mine.append(timed(fn, a_inputs))
-    ratios = [m / t for m, t in zip(mine, theirs, strict=True) if t > 0]
-    return {
-        "ratio": statistics.median(ratios) if ratios else float("nan"),
-        "seconds": summarize(mine),
-        "reference_seconds": summarize(theirs),
-        "pairs": pairs,
-    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -102,32 +102,6 @@ def test_every_timed_call_is_fingerprinted_with_its_own_index():
     assert seen == [(i, i + 1.0) for i in range(12)] and [f["call"] for f in timing.fingerprints] == list(range(12))
 
 
-def test_interleaved_ratio_is_the_median_of_alternating_pairs():
-    # A clock that advances only when the functions say so: the ratio depends on the pairing and
-    # the median, never on which function a busy machine happens to run faster.
-    now = [0.0]
-    order = []
-
-    def clock():
-        return now[0]
-
-    def mine(x):
-        order.append("mine")
-        now[0] += 300.0 if float(x[0]) == 1000 else 3.0  # one outlier pair: the median ignores it
-
-    def reference(x):
-        order.append("reference")
-        now[0] += 1.0
-
-    inputs = lambda call: [torch.tensor([1000.0 if call == 4 else float(call)])]  # noqa: E731
-    result = bench.interleaved_ratio(mine, reference, inputs, pairs=15, warmup=2, clock=clock)
-    assert result["ratio"] == 3.0 and result["pairs"] == 15
-    assert result["seconds"]["samples"] == result["reference_seconds"]["samples"] == 15
-    assert result["seconds"]["max"] == 300.0 and result["reference_seconds"]["median"] == 1.0
-    timed = order[4:]  # after two warm-up pairs
-    assert timed[:4] == ["mine", "reference", "reference", "mine"]  # A B, B A, ...
-
-
 def test_environment_is_recorded_with_versions():
     env = bench.environment("cpu")
     assert env["device"] == "cpu" and env["torch"] == str(torch.__version__) and env["triton"]
