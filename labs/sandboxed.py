@@ -90,3 +90,121 @@ def plain(value, what: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{what} returned {type(value).__name__}, expected a torch.Tensor")
     return value.detach().cpu()
+
+
+# ------------------------------------------------------------------------------------------------
+# a model's computation as data, for the worker to run (labs.trusted.run_graph)
+# ------------------------------------------------------------------------------------------------
+
+GRAPH_FORMAT = "aten-graph/1"
+MAX_ARG_DEPTH = 2  # an argument may be a list of lists, no deeper (labs.trusted reads no deeper)
+
+
+class ExportFailed(Exception):
+    """The model's forward could not be exported as a graph the worker can run."""
+
+
+def export_graph(model: torch.nn.Module, example: torch.Tensor) -> dict:
+    """``model``'s inference computation on inputs shaped like ``example``, as plain data.
+
+    The model is put in eval mode and captured with ``torch.export.export(model, (example,))``
+    (the shapes are fixed to ``example``'s). The result is what a worker can check and run
+    without importing any of the code that built it (``labs.trusted.run_graph``)::
+
+        {"format": "aten-graph/1",
+         "inputs": [{"name": "x", "shape": [450, 64], "dtype": "float32"}],
+         "tensors": {"p_0_weight": tensor, ...},    # parameters, buffers and constants, by name
+         "nodes": [{"name": "linear", "op": "aten.linear.default",
+                    "args": [{"ref": "x"}, {"ref": "p_0_weight"}, {"ref": "p_0_bias"}], "kwargs": {}}, ...],
+         "outputs": [{"ref": "linear_2"}]}
+
+    An argument is a reference ``{"ref": name}`` (to an input, a tensor or an earlier node), a
+    number, bool, string or None, a list of arguments, or a ``{"dtype"|"memory_format"|"device"|
+    "layout": name}``. The first export in a process imports ``torch._dynamo``: a few seconds of CPU.
+    """
+    import torch.export
+
+    model.eval()
+    try:
+        program = torch.export.export(model, (example,))
+    except Exception as exc:  # noqa: BLE001 - any failure to trace is the model's
+        text = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else ""
+        raise ExportFailed(
+            f"torch.export could not capture the model's forward ({type(exc).__name__}: {text}); build it from "
+            "standard layers, without Python control flow that depends on tensor values"
+        ) from None
+    inputs, tensors = _graph_inputs(program, example)
+    nodes, outputs = [], []
+    for node in program.graph.nodes:
+        if node.op == "placeholder":
+            continue
+        if node.op == "output":
+            outputs = [_graph_arg(value, 0) for value in node.args[0]]
+            continue
+        nodes.append(
+            {
+                "name": node.name,
+                "op": _graph_op(node),
+                "args": [_graph_arg(value, 0) for value in node.args],
+                "kwargs": {str(key): _graph_arg(value, 0) for key, value in node.kwargs.items()},
+            }
+        )
+    return {"format": GRAPH_FORMAT, "inputs": inputs, "tensors": tensors, "nodes": nodes, "outputs": outputs}
+
+
+def _graph_inputs(program, example: torch.Tensor) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """The user input's description, and every parameter, buffer and constant by its placeholder name."""
+    from torch.export.graph_signature import InputKind
+
+    inputs, tensors = [], {}
+    for spec in program.graph_signature.input_specs:
+        name = spec.arg.name
+        if spec.kind == InputKind.USER_INPUT:
+            inputs.append(
+                {"name": name, "shape": list(example.shape), "dtype": str(example.dtype).removeprefix("torch.")}
+            )
+        elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+            value = (
+                program.state_dict[spec.target] if spec.target in program.state_dict else program.constants[spec.target]
+            )
+            if not isinstance(value, torch.Tensor):
+                raise ExportFailed(f"the model's {spec.target!r} is a {type(value).__name__}, not a tensor")
+            tensors[name] = value.detach().cpu().clone().contiguous()
+        else:
+            raise ExportFailed(
+                f"the exported model takes a {spec.kind.name.lower()} ({spec.target}); use plain tensors"
+            )
+    return inputs, tensors
+
+
+def _graph_op(node) -> str:
+    """An ATen operator's name (``aten.linear.default``); ``getitem`` for picking from a tuple result."""
+    import operator
+
+    if node.op != "call_function":
+        return f"{node.op} {node.target}"
+    if node.target is operator.getitem:
+        return "getitem"
+    if isinstance(node.target, torch._ops.OpOverload):
+        return str(node.target)
+    return str(getattr(node.target, "__qualname__", None) or type(node.target).__name__)[:100]
+
+
+def _graph_arg(value, depth: int):
+    """One argument as plain data (the forms :func:`export_graph` lists)."""
+    import torch.fx
+
+    if isinstance(value, torch.fx.Node):
+        return {"ref": value.name}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        if depth >= MAX_ARG_DEPTH:
+            raise ExportFailed("the exported model has arguments nested too deeply")
+        return [_graph_arg(item, depth + 1) for item in value]
+    for kind, label in ((torch.dtype, "dtype"), (torch.memory_format, "memory_format"), (torch.layout, "layout")):
+        if isinstance(value, kind):
+            return {label: str(value).removeprefix("torch.")}
+    if isinstance(value, torch.device):
+        return {"device": str(value)}
+    raise ExportFailed(f"the exported model has an argument of type {type(value).__name__}; use standard layers")

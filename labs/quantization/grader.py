@@ -1,15 +1,16 @@
 """Grader for the ``quantization`` lab: fixed-point quantization, QuantLinear, L1 pruning, compression.
 
-Trust split (see docs/authoring-labs.md): ``cases`` and ``check`` run in the worker and hold the
-reference answers, the pretrained float model's accuracy and the labels of the held-out digits
-split; ``run`` is shipped alone into the sandbox, so it imports what it needs inside its body and
-uses no other name from this file.
+Trust split (lab contract v2, docs/authoring-labs.md): ``cases`` and ``check`` run in the worker
+and hold the reference answers, the pretrained float model's accuracy and the held-out digits
+test split, images and labels; ``run.py`` runs in the sandbox, which sees the training split only.
 
-The compression metric is never taken from the sandbox: ``run`` describes the compressed model
+The compression metric is never taken from the sandbox: ``run.py`` describes the compressed model
 layer by layer (float weights, bit widths), and ``check`` quantizes those weights with the
-reference quantizer, rebuilds the forward pass, measures accuracy with the hidden labels and
-counts the bits itself. The logits the student's model computed are only compared with that
-rebuilt forward pass, so a model that does not do what its widths say is caught.
+reference quantizer, rebuilds the forward pass, measures accuracy on the test images and counts
+the bits itself, after the student's process has finished. The logits the student's model
+computed in the sandbox, on check images (training images and random pixels, never test images),
+are only compared with that rebuilt forward pass, so a model that does not do what its widths say
+is caught.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labs.grading import CheckFailed, assert_close
+from labs.trusted import CheckFailed, assert_close, digits_split, field
 
 DIGITS_TEST_SIZE = 450
+DIGITS_SALT = 11  # keeps this lab's split of the digits (seed + 11) as it always was
+# compress()'s model runs in the sandbox on these, never on the test images (which stay here)
+CHECK_TRAIN_IMAGES, CHECK_RANDOM_IMAGES, CHECK_SALT = 256, 256, 101
 HIDDEN = 64  # the float model handed to compress(): Linear(64, HIDDEN) -> ReLU -> Linear(HIDDEN, 10)
 # 100 full-batch Adam steps at lr 0.02 give 0.95-0.98 held-out accuracy over seeds 0-7 (measured
 # single-threaded in about 0.3 s); more steps did not help.
@@ -148,16 +152,14 @@ def _linear_weights(gen: torch.Generator, shapes: list[tuple[int, int]]) -> list
     return out
 
 
-def _digits_split(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """scikit-learn's 8x8 digits scaled to [0, 1], split by the seed: (x_train, y_train, x_test, y_test)."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(data.target, dtype=torch.int64)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + 11))
-    test, train = perm[:DIGITS_TEST_SIZE], perm[DIGITS_TEST_SIZE:]
-    return x[train].contiguous(), y[train].contiguous(), x[test].contiguous(), y[test].contiguous()
+def _check_images(seed: int, x_train: torch.Tensor) -> torch.Tensor:
+    """The images compress()'s model is run on in the sandbox, to compare with the rebuilt forward
+    pass: training images and random pixel images (multiples of 1/16, as the digits' are). Drawn
+    from their own generator, so the other cases' inputs stay what they were."""
+    gen = torch.Generator().manual_seed(seed + CHECK_SALT)
+    train = x_train[torch.randperm(len(x_train), generator=gen)[:CHECK_TRAIN_IMAGES]]
+    noise = torch.randint(0, 17, (CHECK_RANDOM_IMAGES, 64), generator=gen).to(torch.float32) / 16.0
+    return torch.cat([train, noise])[torch.randperm(CHECK_TRAIN_IMAGES + CHECK_RANDOM_IMAGES, generator=gen)]
 
 
 def _pretrain(gen: torch.Generator, x: torch.Tensor, y: torch.Tensor) -> nn.Sequential:
@@ -192,17 +194,15 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(dim=1) == labels).double().mean().item()
 
 
-def cases(seed: int) -> list[dict]:
-    """Every hidden test, generated from the secret seed so inputs cannot be memorised."""
-    gen = torch.Generator().manual_seed(seed)
-    out: list[dict] = []
-
+def _quantize_cases(gen: torch.Generator) -> list[dict]:
+    """quantize_fixed on its own: values inside the range (a quarter of them ties), values at and
+    beyond both ends of it, and the straight-through gradient."""
     round_pairs = [(3, 1), (4, 2), (5, 0), (6, 7), (8, 4), (8, 8), (12, 6), (16, 10)]
     calls = []
     for i, (width, frac) in enumerate(round_pairs):
         x = _round_values(gen, width, frac, 400)
         calls.append({"x": x.reshape(20, 20) if i % 3 == 0 else x, "width": width, "frac_width": frac})
-    out.append({"name": "quantize_round", "points": 15, "inputs": {"kind": "quantize", "calls": calls}})
+    out = [{"name": "quantize_round", "points": 15, "inputs": {"kind": "quantize", "calls": calls}}]
 
     clamp_specs = [
         (1, 0, torch.float32),
@@ -222,6 +222,7 @@ def cases(seed: int) -> list[dict]:
 
     width, frac = int(torch.randint(3, 9, (1,), generator=gen)), int(torch.randint(1, 5, (1,), generator=gen))
     x = torch.cat([_clamp_values(gen, width, frac, 150, torch.float32), _round_values(gen, width, frac, 150)])
+    grad_output = torch.randn(3, 100, generator=gen)
     out.append(
         {
             "name": "ste_gradient",
@@ -231,11 +232,14 @@ def cases(seed: int) -> list[dict]:
                 "x": x.reshape(3, 100),
                 "width": width,
                 "frac_width": frac,
-                "grad_output": torch.randn(3, 100, generator=gen),
+                "grad_output": grad_output,
             },
         }
     )
+    return out
 
+
+def _quant_linear_case(gen: torch.Generator) -> dict:
     in_f, out_f = 13, 7
     widths = {
         "weight_width": int(torch.randint(4, 9, (1,), generator=gen)),
@@ -247,270 +251,88 @@ def cases(seed: int) -> list[dict]:
     }
     input_range = 2.0 ** (widths["input_width"] - 1 - widths["input_frac_width"])
     layer = _linear_weights(gen, [(out_f, in_f)])[0]
-    out.append(
-        {
-            "name": "quant_linear",
-            "points": 15,
-            "inputs": {
-                "kind": "quant_linear",
-                "in_features": in_f,
-                "out_features": out_f,
-                "widths": widths,
-                "weight": layer["weight"] * 3.0,  # some weights beyond the range, to be clamped
-                "bias": layer["bias"],
-                "x": _uniform(gen, (6, in_f), -1.3 * input_range, 1.3 * input_range),
-                "grad_output": torch.randn(6, out_f, generator=gen),
-            },
-        }
-    )
+    return {
+        "name": "quant_linear",
+        "points": 15,
+        "inputs": {
+            "kind": "quant_linear",
+            "in_features": in_f,
+            "out_features": out_f,
+            "widths": widths,
+            "weight": layer["weight"] * 3.0,  # some weights beyond the range, to be clamped
+            "bias": layer["bias"],
+            "x": _uniform(gen, (6, in_f), -1.3 * input_range, 1.3 * input_range),
+            "grad_output": torch.randn(6, out_f, generator=gen),
+        },
+    }
 
+
+def _prune_cases(gen: torch.Generator) -> list[dict]:
     first = [0.2, 0.3, 0.4][int(torch.randint(0, 3, (1,), generator=gen))]
     second = [0.6, 0.75, 0.9][int(torch.randint(0, 3, (1,), generator=gen))]
-    out.append(
-        {
-            "name": "prune_sparsity",
-            "points": 15,
-            "inputs": {
-                "kind": "prune_sparsity",
-                "layers": _linear_weights(gen, PRUNE_SHAPES),
-                "sparsities": [first, second],
-            },
-        }
-    )
+    sparsity_case = {
+        "name": "prune_sparsity",
+        "points": 15,
+        "inputs": {
+            "kind": "prune_sparsity",
+            "layers": _linear_weights(gen, PRUNE_SHAPES),
+            "sparsities": [first, second],
+        },
+    }
+    mask_case = {
+        "name": "prune_mask_kept",
+        "points": 15,
+        "inputs": {
+            "kind": "prune_mask",
+            "layers": _linear_weights(gen, MASK_SHAPES),
+            "sparsity": [0.5, 0.6, 0.7][int(torch.randint(0, 3, (1,), generator=gen))],
+            "x": torch.randn(64, MASK_SHAPES[0][1], generator=gen),
+            "y": torch.randint(0, MASK_SHAPES[-1][0], (64,), generator=gen),
+            "steps": MASK_STEPS,
+        },
+    }
+    return [sparsity_case, mask_case]
 
-    out.append(
-        {
-            "name": "prune_mask_kept",
-            "points": 15,
-            "inputs": {
-                "kind": "prune_mask",
-                "layers": _linear_weights(gen, MASK_SHAPES),
-                "sparsity": [0.5, 0.6, 0.7][int(torch.randint(0, 3, (1,), generator=gen))],
-                "x": torch.randn(64, MASK_SHAPES[0][1], generator=gen),
-                "y": torch.randint(0, MASK_SHAPES[-1][0], (64,), generator=gen),
-                "steps": MASK_STEPS,
-            },
-        }
-    )
 
-    x_train, y_train, x_test, y_test = _digits_split(seed)
+def _compress_case(seed: int, gen: torch.Generator) -> dict:
+    """The metric case: the float model trained here; the test split stays in the case, out of ``inputs``."""
+    x_train, y_train, x_test, y_test = digits_split(seed, test_size=DIGITS_TEST_SIZE, salt=DIGITS_SALT)
     model = _pretrain(gen, x_train, y_train)
     with torch.no_grad():
         float_accuracy = _accuracy(model(x_test), y_test)
-    out.append(
-        {
-            "name": "compress_digits",
-            "points": 15,
-            "inputs": {
-                "kind": "compress",
-                "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
-                "hidden": HIDDEN,
-                "x_train": x_train,
-                "y_train": y_train,
-                "x_test": x_test,
-                "batch_size": LOADER_BATCH,
-                "seed": int(torch.randint(0, 2**31 - 1, (1,), generator=gen)),
-            },
-            "y_test": y_test,
-            "float_accuracy": float_accuracy,
-            "original_weights": sum(v.numel() for k, v in model.state_dict().items() if k.endswith("weight")),
-        }
-    )
+    return {
+        "name": "compress_digits",
+        "points": 15,
+        "inputs": {
+            "kind": "compress",
+            "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "hidden": HIDDEN,
+            "x_train": x_train,
+            "y_train": y_train,
+            "x_check": _check_images(seed, x_train),
+            "batch_size": LOADER_BATCH,
+            "seed": int(torch.randint(0, 2**31 - 1, (1,), generator=gen)),
+        },
+        "x_test": x_test,
+        "y_test": y_test,
+        "float_accuracy": float_accuracy,
+        "original_weights": sum(v.numel() for k, v in model.state_dict().items() if k.endswith("weight")),
+    }
+
+
+def cases(seed: int) -> list[dict]:
+    """Every hidden test, generated from the secret seed so inputs cannot be memorised."""
+    gen = torch.Generator().manual_seed(seed)
+    out = _quantize_cases(gen)
+    out.append(_quant_linear_case(gen))
+    out += _prune_cases(gen)
+    out.append(_compress_case(seed, gen))
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# run: untrusted side, shipped alone into the sandbox
-# --------------------------------------------------------------------------------------------
-
-
-def run(module, inputs: dict):
-    """Exercise the student's ``quantize.py`` on one case and return plain data.
-
-    Self-contained on purpose: the runner ships only this function's source into the sandbox.
-    Errors in the student's code propagate and fail the case with their own type and message.
-    """
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    kind = inputs["kind"]
-    width_names = (
-        "weight_width",
-        "weight_frac_width",
-        "input_width",
-        "input_frac_width",
-        "bias_width",
-        "bias_frac_width",
-    )
-
-    def as_tensor(value, what: str) -> torch.Tensor:
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{what} returned {type(value).__name__}, expected a torch.Tensor")
-        return value
-
-    def plain(value):
-        """An int stays an int; anything else becomes its repr, for the checker to name."""
-        return int(value) if isinstance(value, int) and not isinstance(value, bool) else repr(value)
-
-    def build(layers: list[dict]) -> nn.Sequential:
-        modules: list[nn.Module] = []
-        for i, values in enumerate(layers):
-            rows, cols = values["weight"].shape
-            linear = nn.Linear(cols, rows)
-            with torch.no_grad():
-                linear.weight.copy_(values["weight"])
-                linear.bias.copy_(values["bias"])
-            modules.append(linear)
-            if i < len(layers) - 1:
-                modules.append(nn.ReLU())
-        return nn.Sequential(*modules)
-
-    def refuse_library_pruning(model: nn.Module) -> None:
-        from torch.nn.utils import prune
-
-        for sub in model.modules():
-            for hook in sub._forward_pre_hooks.values():
-                methods = getattr(hook, "_pruning_methods", (hook,))
-                if any(isinstance(m, prune.L1Unstructured) for m in methods):
-                    raise harness.forbidden("torch.nn.utils.prune.L1Unstructured")  # noqa: F821
-
-    def effective(model: nn.Module, in_features: int) -> dict:
-        """Each nn.Linear's weight and bias as the forward pass sees them (after one forward)."""
-        with torch.no_grad():
-            model(torch.zeros(2, in_features))
-        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        return {
-            "weights": [as_tensor(m.weight, "layer.weight").detach().clone() for m in linears],
-            "biases": [None if m.bias is None else m.bias.detach().clone() for m in linears],
-        }
-
-    if kind == "quantize":
-        results = []
-        for call in inputs["calls"]:
-            out = module.quantize_fixed(call["x"], call["width"], call["frac_width"])
-            results.append(as_tensor(out, "quantize_fixed").detach().clone())
-        return {"outputs": results}
-
-    if kind == "ste":
-        x = inputs["x"].detach().clone().requires_grad_()
-        out = as_tensor(module.quantize_fixed(x, inputs["width"], inputs["frac_width"]), "quantize_fixed")
-        result = {"out": out.detach().clone(), "has_grad_fn": out.grad_fn is not None, "grad": None}
-        if out.grad_fn is not None:
-            out.backward(inputs["grad_output"])
-            result["grad"] = None if x.grad is None else x.grad.detach().clone()
-        return result
-
-    if kind == "quant_linear":
-        in_f, out_f, widths = inputs["in_features"], inputs["out_features"], inputs["widths"]
-        result = {"is_linear": False}
-        layer = module.QuantLinear(in_f, out_f, bias=True, **widths)
-        if not isinstance(layer, nn.Linear):
-            return result
-        result["is_linear"] = True
-        result["attributes"] = {name: plain(getattr(layer, name, None)) for name in width_names}
-        defaults = module.QuantLinear(3, 2)
-        result["defaults"] = {name: plain(getattr(defaults, name, None)) for name in width_names}
-        with torch.no_grad():
-            layer.weight.copy_(inputs["weight"])
-            layer.bias.copy_(inputs["bias"])
-        x = inputs["x"].detach().clone().requires_grad_()
-        out = as_tensor(layer(x), "QuantLinear.forward")
-        if out.grad_fn is None:
-            raise TypeError("the output of QuantLinear.forward has no grad_fn: is it detached?")
-        out.backward(inputs["grad_output"])
-        grads = [None if t.grad is None else t.grad.detach().clone() for t in (x, layer.weight, layer.bias)]
-        result["with_bias"] = {"out": out.detach().clone(), "grad_x": grads[0], "grad_weight": grads[1]}
-        result["with_bias"]["grad_bias"] = grads[2]
-        no_bias = module.QuantLinear(in_f, out_f, bias=False, **widths)
-        result["no_bias_attr"] = type(getattr(no_bias, "bias", "missing")).__name__
-        with torch.no_grad():
-            no_bias.weight.copy_(inputs["weight"])
-            result["no_bias"] = {"out": as_tensor(no_bias(inputs["x"]), "QuantLinear.forward").detach().clone()}
-        return result
-
-    if kind == "prune_sparsity":
-        model = build(inputs["layers"])
-        in_features = inputs["layers"][0]["weight"].shape[1]
-        stages = []
-        for sparsity in inputs["sparsities"]:
-            module.prune_l1(model, sparsity)
-            refuse_library_pruning(model)
-            stages.append(effective(model, in_features))
-        return {"stages": stages}
-
-    if kind == "prune_mask":
-        model = build(inputs["layers"])
-        in_features = inputs["layers"][0]["weight"].shape[1]
-        module.prune_l1(model, inputs["sparsity"])
-        refuse_library_pruning(model)
-        before = effective(model, in_features)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3)
-        model.train()
-        for _step in range(inputs["steps"]):
-            optimizer.zero_grad()
-            F.cross_entropy(model(inputs["x"]), inputs["y"]).backward()
-            optimizer.step()
-        return {"before": before, "after": effective(model, in_features)}
-
-    if kind == "compress":
-        torch.manual_seed(inputs["seed"])
-        hidden = inputs["hidden"]
-        model = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
-        model.load_state_dict(inputs["state_dict"])
-        dataset = torch.utils.data.TensorDataset(inputs["x_train"], inputs["y_train"])
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=inputs["batch_size"],
-            shuffle=True,
-            generator=torch.Generator().manual_seed(inputs["seed"]),
-        )
-        compressed = module.compress(model, loader)
-        if not isinstance(compressed, nn.Sequential):
-            raise TypeError(
-                f"compress() returned {type(compressed).__name__}; return an nn.Sequential of QuantLinear, "
-                "nn.Linear and nn.ReLU layers"
-            )
-        compressed.eval()
-        with torch.no_grad():
-            logits = as_tensor(compressed(inputs["x_test"]), "the compressed model").detach().clone()
-        layers = []
-        for index, child in enumerate(compressed):
-            if isinstance(child, nn.Linear):
-                layer = {
-                    "kind": "linear",
-                    "quantized": isinstance(child, module.QuantLinear),
-                    "weight": as_tensor(child.weight, f"layer {index}: weight").detach().clone(),
-                    "bias": None if child.bias is None else child.bias.detach().clone(),
-                }
-                if layer["quantized"]:
-                    layer["widths"] = {name: plain(getattr(child, name, None)) for name in width_names}
-                layers.append(layer)
-            elif isinstance(child, nn.ReLU):
-                layers.append({"kind": "relu"})
-            else:
-                raise TypeError(
-                    f"compress() returned a model with a {type(child).__name__} at position {index}; only "
-                    "QuantLinear, nn.Linear and nn.ReLU layers are allowed"
-                )
-        return {"logits": logits, "layers": layers}
-
-    raise ValueError(f"unknown case kind {kind!r}")
 
 
 # --------------------------------------------------------------------------------------------
 # check: trusted, compares run()'s output with the references
 # --------------------------------------------------------------------------------------------
-
-
-def _field(output, key: str, where: str = "run()"):
-    """Fetch ``output[key]``, failing with a clear message if the result is not shaped as expected."""
-    if not isinstance(output, dict):
-        raise CheckFailed(f"{where} returned {type(output).__name__}, expected a dict; the result is malformed")
-    if key not in output:
-        raise CheckFailed(f"{where} returned a dict without key '{key}'; the result is malformed")
-    return output[key]
 
 
 def _tensor(value, what: str) -> torch.Tensor:
@@ -580,7 +402,7 @@ def _compare_quantized(actual, x: torch.Tensor, width: int, frac: int, what: str
 
 
 def _check_quantize(case: dict, output) -> None:
-    outputs = _field(output, "outputs")
+    outputs = field(output, "outputs")
     calls = case["inputs"]["calls"]
     if not isinstance(outputs, list) or len(outputs) != len(calls):
         raise CheckFailed("run() returned a malformed list of quantize_fixed outputs")
@@ -594,13 +416,13 @@ def _check_ste(case: dict, output) -> None:
     inputs = case["inputs"]
     width, frac = inputs["width"], inputs["frac_width"]
     what = f"quantize_fixed(x, width={width}, frac_width={frac}) with x.requires_grad=True"
-    _compare_quantized(_field(output, "out"), inputs["x"], width, frac, what)
-    if not _field(output, "has_grad_fn"):
+    _compare_quantized(field(output, "out"), inputs["x"], width, frac, what)
+    if not field(output, "has_grad_fn"):
         raise CheckFailed(
             f"{what}: the output has no grad_fn, so no gradient reaches x; build it from x with a "
             "straight-through estimator (see the README)"
         )
-    grad = _field(output, "grad")
+    grad = field(output, "grad")
     if grad is None:
         raise CheckFailed(f"{what}: x.grad is None after backward; the output is not connected to x")
     grad, expected = _tensor(grad, "x.grad"), inputs["grad_output"]
@@ -634,10 +456,10 @@ def _check_quant_linear(case: dict, output) -> None:
     inputs = case["inputs"]
     widths, in_f, out_f = inputs["widths"], inputs["in_features"], inputs["out_features"]
     label = f"QuantLinear({in_f}, {out_f}, " + ", ".join(f"{k}={v}" for k, v in widths.items()) + ")"
-    if not _field(output, "is_linear"):
+    if not field(output, "is_linear"):
         raise CheckFailed(f"{label} is not an nn.Linear: subclass nn.Linear (prune_l1 and compress rely on it)")
-    _check_widths(_field(output, "attributes"), widths, label)
-    _check_widths(_field(output, "defaults"), DEFAULT_WIDTHS, "QuantLinear(3, 2) with default widths")
+    _check_widths(field(output, "attributes"), widths, label)
+    _check_widths(field(output, "defaults"), DEFAULT_WIDTHS, "QuantLinear(3, 2) with default widths")
 
     def q(t, prefix):
         return quantize_reference(t, widths[f"{prefix}_width"], widths[f"{prefix}_frac_width"])
@@ -656,20 +478,20 @@ def _check_quant_linear(case: dict, output) -> None:
         "grad_weight": "grad of weight (through the straight-through weight quantizer)",
         "grad_bias": "grad of bias",
     }
-    part = _field(output, "with_bias")
+    part = field(output, "with_bias")
     for key, reference in expected.items():
-        actual = _field(part, key)
+        actual = field(part, key)
         if actual is None:
             raise CheckFailed(f"{label}: {hints[key]} is None after backward")
         assert_close(actual, reference, what=f"{label}: {hints[key]}", rtol=1e-5, atol=1e-5)
-    if _field(output, "no_bias_attr") not in ("NoneType", "str"):
+    if field(output, "no_bias_attr") not in ("NoneType", "str"):
         raise CheckFailed(f"QuantLinear(..., bias=False): self.bias is {output['no_bias_attr']}, expected None")
-    actual = _field(_field(output, "no_bias"), "out")
+    actual = field(field(output, "no_bias"), "out")
     assert_close(actual, F.linear(qx, qw), what=f"{label} with bias=False: output", rtol=1e-5, atol=1e-5)
 
 
 def _check_prune_stage(stage, layers: list[dict], sparsity: float, label: str) -> None:
-    weights, biases = _field(stage, "weights"), _field(stage, "biases")
+    weights, biases = field(stage, "weights"), field(stage, "biases")
     if not isinstance(weights, list) or len(weights) != len(layers):
         raise CheckFailed(f"{label}: the model should still have {len(layers)} nn.Linear layers")
     for index, (actual, original, bias) in enumerate(zip(weights, layers, biases, strict=True)):
@@ -701,7 +523,7 @@ def _check_prune_stage(stage, layers: list[dict], sparsity: float, label: str) -
 
 def _check_prune_sparsity(case: dict, output) -> None:
     inputs = case["inputs"]
-    stages = _field(output, "stages")
+    stages = field(output, "stages")
     if not isinstance(stages, list) or len(stages) != len(inputs["sparsities"]):
         raise CheckFailed("run() returned a malformed list of pruning stages")
     previous = None
@@ -713,12 +535,12 @@ def _check_prune_sparsity(case: dict, output) -> None:
 
 def _check_prune_mask(case: dict, output) -> None:
     inputs = case["inputs"]
-    before, after = _field(output, "before"), _field(output, "after")
+    before, after = field(output, "before"), field(output, "after")
     steps = inputs["steps"]
     for index, original in enumerate(inputs["layers"]):
         where = f"layer {index} (nn.Linear({original['weight'].shape[1]}, {original['weight'].shape[0]}))"
-        w0 = _tensor(_field(before, "weights")[index], f"{where}: weight after prune_l1")
-        w1 = _tensor(_field(after, "weights")[index], f"{where}: weight after training")
+        w0 = _tensor(field(before, "weights")[index], f"{where}: weight after prune_l1")
+        w1 = _tensor(field(after, "weights")[index], f"{where}: weight after training")
         if w0.shape != original["weight"].shape or w1.shape != w0.shape:
             raise CheckFailed(f"{where}: the weight's shape changed")
         pruned = w0 == 0
@@ -771,13 +593,13 @@ def _rebuild(layers, x: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
         raise CheckFailed("compress() returned an empty model")
     h, features, described = x, x.shape[1], []
     for index, layer in enumerate(layers):
-        kind = _field(layer, "kind", f"layer {index}")
+        kind = field(layer, "kind", f"layer {index}")
         if kind == "relu":
             h = torch.relu(h)
             described.append({"kind": "relu"})
             continue
-        weight = _tensor(_field(layer, "weight", f"layer {index}"), f"layer {index}: weight").to(torch.float32)
-        bias = _field(layer, "bias", f"layer {index}")
+        weight = _tensor(field(layer, "weight", f"layer {index}"), f"layer {index}: weight").to(torch.float32)
+        bias = field(layer, "bias", f"layer {index}")
         if weight.dim() != 2 or weight.shape[1] != features:
             raise CheckFailed(
                 f"compressed model, layer {index}: weight shape {tuple(weight.shape)} does not take {features} inputs"
@@ -788,10 +610,10 @@ def _rebuild(layers, x: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
                 raise CheckFailed(f"compressed model, layer {index}: bias shape {tuple(bias.shape)}")
         if not (torch.isfinite(weight).all() and (bias is None or torch.isfinite(bias).all())):
             raise CheckFailed(f"compressed model, layer {index}: non-finite weights")
-        quantized = bool(_field(layer, "quantized", f"layer {index}"))
+        quantized = bool(field(layer, "quantized", f"layer {index}"))
         entry = {"kind": "linear", "quantized": quantized}
         if quantized:
-            widths = entry["widths"] = _check_layer_widths(_field(layer, "widths", f"layer {index}"), index)
+            widths = entry["widths"] = _check_layer_widths(field(layer, "widths", f"layer {index}"), index)
             weight = quantize_reference(weight, widths["weight_width"], widths["weight_frac_width"])
             h = quantize_reference(h, widths["input_width"], widths["input_frac_width"])
             if bias is not None:
@@ -806,25 +628,29 @@ def _rebuild(layers, x: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
 
 
 def _check_compress(case: dict, output) -> dict:
-    x_test, y_test = case["inputs"]["x_test"], case["y_test"]
-    logits = _tensor(_field(output, "logits"), "the compressed model's logits")
-    if logits.shape != (len(y_test), 10):
+    """The compressed model's logits on the check images must match its rebuilt forward pass; the
+    rebuilt model alone is then scored here on the test images, which never entered the sandbox."""
+    x_check = case["inputs"]["x_check"]
+    logits = _tensor(field(output, "logits"), "the compressed model's logits")
+    if logits.shape != (len(x_check), 10):
         raise CheckFailed(
-            f"the compressed model's output has shape {tuple(logits.shape)}, expected ({len(y_test)}, 10)"
+            f"the compressed model's output has shape {tuple(logits.shape)}, expected ({len(x_check)}, 10)"
         )
-    rebuilt, layers = _rebuild(_field(output, "layers"), x_test)
+    layers = field(output, "layers")
+    rebuilt, _ = _rebuild(layers, x_check)
     far = (logits.to(torch.float32) - rebuilt).abs() > LOGIT_ATOL + LOGIT_RTOL * rebuilt.abs()
     bad_rows = int(far.any(dim=1).sum())
-    if bad_rows > LOGIT_BAD_ROWS * len(y_test):
+    if bad_rows > LOGIT_BAD_ROWS * len(x_check):
         raise CheckFailed(
             f"the compressed model's logits differ from the forward pass the grader rebuilt from its layers on "
-            f"{bad_rows} of {len(y_test)} test inputs: each QuantLinear must compute F.linear(q(x), q(weight), "
+            f"{bad_rows} of {len(x_check)} check images: each QuantLinear must compute F.linear(q(x), q(weight), "
             "q(bias)) with its own width attributes (which are what the bits are counted from), and plain "
             "nn.Linear / nn.ReLU layers must be unmodified"
         )
-    accuracy = _accuracy(rebuilt, y_test)
+    test_logits, described = _rebuild(layers, case["x_test"])
+    accuracy = _accuracy(test_logits, case["y_test"])
     threshold = case["float_accuracy"] - ACCURACY_MARGIN
-    bits, notes = effective_bits(layers, case["original_weights"])
+    bits, notes = effective_bits(described, case["original_weights"])
     summary = f"effective bits {bits:.3f} ({'; '.join(notes)}), held-out accuracy {accuracy:.3f}"
     if accuracy < threshold:
         raise CheckFailed(

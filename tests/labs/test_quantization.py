@@ -2,18 +2,23 @@
 
 The shipped solutions prove the grader end to end (``lab check``); these pin down the semantics
 the README promises (ties to even, the full two's-complement range), the bit count the
-leaderboard ranks by, and that each kind of quantizer bug is named as such.
+leaderboard ranks by, that each kind of quantizer bug is named as such, and that the test images
+stay in the worker.
 """
 
 from __future__ import annotations
+
+import ast
+import sys
 
 import pytest
 import torch
 
 from labs.catalog import find_lab
-from labs.grading import CheckFailed
+from labs.trusted import CheckFailed
 
-GRADER = find_lab("quantization").load_grader()
+LAB = find_lab("quantization")
+GRADER = LAB.load_grader()
 
 
 def test_reference_rounds_ties_to_even_and_clamps_to_the_full_signed_range():
@@ -54,18 +59,76 @@ def test_effective_bits_count_nonzero_quantized_weights_over_the_original_weight
     assert notes == ["layer 0: 4-bit, 50.0% nonzero", "layer 2: 32-bit, 50.0% nonzero"]
 
 
+def _compress_case(x_check: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor) -> dict:
+    return {
+        "inputs": {"kind": "compress", "x_check": x_check},
+        "x_test": x_test,
+        "y_test": y_test,
+        "float_accuracy": 0.5,
+        "original_weights": 640,
+    }
+
+
 def test_a_compressed_model_whose_logits_do_not_match_its_widths_is_rejected():
     weight = torch.tensor([[0.3] * 64] * 10)
     widths = dict(GRADER.DEFAULT_WIDTHS, weight_width=2, weight_frac_width=2)
     layer = {"kind": "linear", "quantized": True, "weight": weight, "bias": None, "widths": widths}
     x = torch.rand(6, 64)
-    case = {
-        "inputs": {"kind": "compress", "x_test": x},
-        "y_test": torch.zeros(6, dtype=torch.int64),
-        "float_accuracy": 0.5,
-        "original_weights": 640,
-    }
+    case = _compress_case(x, torch.rand(4, 64), torch.zeros(4, dtype=torch.int64))
     honest = torch.nn.functional.linear(GRADER.quantize_reference(x, 8, 4), GRADER.quantize_reference(weight, 2, 2))
     assert GRADER.check(case, {"logits": honest, "layers": [layer]})["metric"] == pytest.approx(2.0)
-    with pytest.raises(CheckFailed, match="differ from the forward pass"):
+    with pytest.raises(
+        CheckFailed, match="differ from the forward pass the grader rebuilt from its layers on 6 of 6 check"
+    ):
         GRADER.check(case, {"logits": torch.nn.functional.linear(x, weight), "layers": [layer]})
+
+
+def test_the_accuracy_is_the_rebuilt_models_on_the_test_images_kept_in_the_worker():
+    # a layer that answers class 0 for bright images and class 1 for dark ones
+    weight = torch.zeros(10, 64)
+    weight[0], weight[1] = 1.0, -1.0
+    layer = {"kind": "linear", "quantized": False, "weight": weight, "bias": torch.zeros(10)}
+    layer["bias"][1] = 32.0  # dark (sum < 16): class 1 wins
+    x_check = torch.rand(8, 64)
+    logits = torch.nn.functional.linear(x_check, weight, layer["bias"])
+    bright, dark = torch.ones(3, 64), torch.zeros(3, 64)
+    right = _compress_case(x_check, torch.cat([bright, dark]), torch.tensor([0, 0, 0, 1, 1, 1]))
+    assert "held-out accuracy 1.000" in GRADER.check(right, {"logits": logits, "layers": [layer]})["message"]
+    wrong = _compress_case(x_check, torch.cat([bright, dark]), torch.tensor([1, 1, 1, 0, 0, 0]))
+    with pytest.raises(CheckFailed, match="held-out accuracy 0.000: below the threshold"):
+        GRADER.check(wrong, {"logits": logits, "layers": [layer]})
+
+
+def test_the_sandbox_never_receives_the_test_images():
+    case = GRADER.cases(3)[-1]
+    assert case["name"] == "compress_digits"
+    assert "x_test" not in case["inputs"] and "y_test" not in case["inputs"]
+    test_rows = {tuple(row.tolist()) for row in case["x_test"]}
+    for value in case["inputs"].values():
+        if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[1] == 64:
+            assert not test_rows & {tuple(row.tolist()) for row in value}
+    train_rows = {tuple(row.tolist()) for row in case["inputs"]["x_train"]}
+    check_rows = [tuple(row.tolist()) for row in case["inputs"]["x_check"]]
+    assert sum(row in train_rows for row in check_rows) == GRADER.CHECK_TRAIN_IMAGES
+
+
+# What run.py may import in the sandbox (docs/authoring-labs.md, lab contract v2): the standard
+# library, torch, numpy and the runner's lib/ (kernels.bench, labs.sandboxed, labs.ranks).
+SANDBOX_IMPORTS = ("__future__", "torch", "numpy", "kernels.bench", "labs.sandboxed", "labs.ranks")
+
+
+def test_run_py_is_a_module_that_imports_only_what_the_sandbox_ships():
+    tree = ast.parse(LAB.run_module.read_text(encoding="utf-8"))
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names += [f"{node.module}.{alias.name}" for alias in node.names]
+    for name in names:
+        allowed = any(name == a or name.startswith(a + ".") for a in SANDBOX_IMPORTS)
+        assert allowed or name.partition(".")[0] in sys.stdlib_module_names, name
+    functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    assert "run" in functions
+    calls = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    assert not calls & {"exec", "eval", "globals"}
