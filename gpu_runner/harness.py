@@ -35,6 +35,7 @@ OUTPUT_DIR = "_outputs"
 RUNNER = os.path.dirname(os.path.abspath(__file__))
 RUN_SOURCE = os.path.join(RUNNER, "lab_run.py")  # lab contract v1: the source of the grader's run()
 RUN_MODULE = os.path.join(RUNNER, "lab", "run.py")  # lab contract v2: the lab's run.py
+CALL_TIMEOUT_SECONDS = 600.0  # a distributed timed call's ranks; the worker's deadline comes first
 CALLS = os.path.join(RUNNER, "calls")  # timed calls' inputs: this process may open them by name, not list them
 
 
@@ -266,39 +267,80 @@ def main(argv: list[str]) -> int:
 def _serve_timed_calls(module, harness: Harness, run_module) -> int:
     """Answer the worker's commands until it stops this process.
 
-    ``setup <file>``: the timed case's static inputs and the probes (nothing secret: read once,
-    untimed). ``call <n> <file>``: map the call's inputs, which the worker wrote a moment ago
-    under a name nobody could list, call the lab's ``timed(module, inputs, harness)``, and reply
-    ``called`` with the fingerprint of what it returned: each output's dot product with its probe.
-    The worker's clock runs from writing ``call`` to reading ``called``, so the work, and reading
-    every element of the result (a lazy ``.grad`` included), happens inside it; the worker then
-    checks each fingerprint against its own computation. This process keeps no time that counts.
+    ``setup <file>``: the timed case's static inputs, the probes and its world size (nothing
+    secret: read once, untimed). ``call <n> <file>``: map the call's inputs, which the worker wrote a
+    moment ago under a name nobody could list, call the lab's ``timed(module, inputs, harness)``,
+    and reply ``called`` with the fingerprint of what it returned: each output's dot product with
+    its probe. The worker's clock runs from writing ``call`` to reading ``called``, so the work, and
+    reading every element of the result (a lazy ``.grad`` included), happens inside it; the worker
+    then checks each fingerprint against its own computation. This process keeps no time that
+    counts. A distributed case's calls run on every rank of a pool forked at ``setup``
+    (``labs.ranks.Pool``): each rank gets ``rank`` and ``world_size`` in its inputs, and the
+    fingerprints come back per rank (``name@rank``).
     """
-    static: dict = {}
-    probes: dict = {}
-    patch = harness.patch
-    while True:
-        line = sys.stdin.readline()
-        if not line:
-            return 0
-        command, *args = line.split()
-        if command == "setup" and len(args) == 1:
-            setup = torch.load(os.path.join(CALLS, os.path.basename(args[0])), weights_only=True)
-            static, probes = setup["inputs"], setup["probes"]
-            emit("ready")
-        elif command == "call" and len(args) == 2:
-            number = int(args[0])
-            try:
-                inputs = _load_bundle(os.path.join(CALLS, os.path.basename(args[1])))
-                patch()
-                fingerprint = _fingerprint(run_module.timed(module, {**static, **inputs}, harness), probes)
-            except BaseException as exc:  # noqa: BLE001 - the worker stops timing and reports it
-                _save("timed", {"ok": False, "error": _error(exc)})
-                emit("call_failed", n=number)
-                continue
-            emit("called", n=number, fp=fingerprint)
-        else:
-            return 4
+    calls = _TimedCalls(module, harness, run_module)
+    try:
+        while True:
+            line = sys.stdin.readline()
+            if not line:
+                return 0
+            command, *args = line.split()
+            if command == "setup" and len(args) == 1:
+                calls.setup(os.path.join(CALLS, os.path.basename(args[0])))
+                emit("ready")
+            elif command == "call" and len(args) == 2:
+                number = int(args[0])
+                try:
+                    fingerprint = calls.call(os.path.join(CALLS, os.path.basename(args[1])))
+                except BaseException as exc:  # noqa: BLE001 - the worker stops timing and reports it
+                    _save("timed", {"ok": False, "error": _error(exc)})
+                    emit("call_failed", n=number)
+                    continue
+                emit("called", n=number, fp=fingerprint)
+            else:
+                return 4
+    finally:
+        calls.close()
+
+
+class _TimedCalls:
+    """The timed cases' state in this process: static inputs, probes, and the ranks' pool."""
+
+    def __init__(self, module, harness: Harness, run_module):
+        self.module, self.harness, self.run_module = module, harness, run_module
+        self.static: dict = {}
+        self.probes: dict = {}
+        self.pool = None
+
+    def setup(self, path: str) -> None:
+        self.close()
+        setup = torch.load(path, weights_only=True)
+        self.static, self.probes = setup["inputs"], setup["probes"]
+        world_size = int(setup.get("world_size", 1))
+        if world_size > 1:
+            from labs import ranks  # the runner's lib/: the ranks inherit this process's imports
+
+            self.pool = ranks.Pool(world_size, self._serve_rank)
+
+    def call(self, path: str) -> dict[str, float]:
+        if self.pool is None:
+            return self._one(path, {})
+        replies = self.pool.ask(path, timeout=CALL_TIMEOUT_SECONDS)
+        return {f"{name}@{rank}": value for rank, reply in enumerate(replies) for name, value in reply.items()}
+
+    def _serve_rank(self, rank: int, world_size: int, path: str) -> dict[str, float]:
+        return self._one(path, {"rank": rank, "world_size": world_size})
+
+    def _one(self, path: str, where: dict) -> dict[str, float]:
+        inputs = _load_bundle(path)
+        self.harness.patch()
+        output = self.run_module.timed(self.module, {**self.static, **inputs, **where}, self.harness)
+        return _fingerprint(output, self.probes)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
 
 def _load_bundle(path: str) -> dict:

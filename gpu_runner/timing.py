@@ -156,7 +156,7 @@ def _time_case(grading, index: int, student: _Process, reference: _Process | Non
         },
         reference_seconds=[] if use_reference else None,
     )
-    setup = {"inputs": case.get("inputs", {}), "probes": timed.probes}
+    setup = {"inputs": case.get("inputs", {}), "probes": timed.probes, "world_size": int(spec.get("world_size", 1))}
     fingerprints: list[dict] = []
     for process in (student, use_reference):
         if process is not None:

@@ -5,6 +5,13 @@ that ranks: these are the guards that catch honest mistakes and the obvious shor
 the library, not launching a kernel), with messages that say what to change. Each patch is
 undone when its block ends, whatever happens inside it.
 
+For distributed labs, whose ranks ``labs.ranks`` forks from this process: ``refuse_collectives``
+(the process group's own collectives, in a rank, for the rest of its life), ``count_sent_bytes``
+(the bytes a rank passes to the group's ``send``) and ``forbidden_in`` (a forbidden call a rank's
+failure reports). The byte count is the one figure here that still ranks (grad_compression's
+metric), and it is not a meter: the ranks share ``/dev/shm``, files and pipes, which it cannot
+see, until issue 11 gives each rank its own sandbox on a metered network.
+
 Importable in the sandbox as ``labs.sandboxed`` (the runner's ``lib/`` folder), like
 ``labs.ranks`` and ``kernels.bench``; it imports torch and nothing of the project's.
 """
@@ -12,6 +19,8 @@ Importable in the sandbox as ``labs.sandboxed`` (the runner's ``lib/`` folder), 
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 from collections.abc import Iterator
 
 import torch
@@ -208,3 +217,110 @@ def _graph_arg(value, depth: int):
     if isinstance(value, torch.device):
         return {"device": str(value)}
     raise ExportFailed(f"the exported model has an argument of type {type(value).__name__}; use standard layers")
+
+
+# ------------------------------------------------------------------------------------------------
+# distributed labs: the ranks' guards (labs.ranks forks them from this process)
+# ------------------------------------------------------------------------------------------------
+
+# The process group's own collectives. lab.toml forbids the torch.distributed functions; these are
+# what those functions call, reachable as methods of dist.group.WORLD or of its backend.
+COLLECTIVE_METHODS = (
+    "allreduce allreduce_coalesced allgather allgather_coalesced allgather_into_tensor_coalesced "
+    "_allgather_base all_gather_single all_gather_single_coalesced broadcast reduce reduce_scatter "
+    "reduce_scatter_single reduce_scatter_single_coalesced _reduce_scatter_base reduce_scatter_tensor_coalesced "
+    "alltoall alltoall_base all_to_all_single gather scatter"
+).split()
+# c10d ops that move no data of their own.
+HARMLESS_OPS = ("barrier", "wait_tensor", "check_for_nan")
+FORBIDDEN_IN_RANK = re.compile(r"forbidden call: ([\w.]+)\(\)")
+
+_targets: list[tuple[object, str, str]] = []
+_refused_in: list[int] = []  # the pid whose patches are in place
+_sent: list[SentBytes] = []
+
+
+def collective_targets() -> list[tuple[object, str, str]]:
+    """``(owner, attribute, label)`` of every collective :func:`refuse_collectives` refuses: the
+    methods of ``ProcessGroup`` and ``Backend`` and the c10d ops (their ``send``/``recv`` too, which
+    would go around :func:`count_sent_bytes`). Resolved once per process (about 20 ms): call it
+    before forking the ranks so that they inherit the list."""
+    if _targets:
+        return _targets
+    from torch._C._distributed_c10d import Backend, ProcessGroup
+
+    for cls in (ProcessGroup, Backend):
+        for attr in COLLECTIVE_METHODS:
+            if attr in vars(cls):
+                _targets.append((cls, attr, f"torch.distributed.{cls.__name__}.{attr}"))
+    for op_name in torch._C._dispatch_get_all_op_names():
+        namespace, _, name = op_name.partition("::")
+        harmless = any(word in name for word in HARMLESS_OPS)
+        if namespace in ("c10d", "_c10d_functional", "_c10d_functional_autograd") and not harmless:
+            owner = getattr(torch.ops, namespace)
+            getattr(owner, name)  # creates the op's attribute on the namespace
+            _targets.append((owner, name, f"torch.ops.{namespace}.{name}"))
+    return _targets
+
+
+def refuse_collectives(harness) -> None:
+    """In this process (a rank), every collective of :func:`collective_targets` raises the harness's
+    forbidden-call error, as lab.toml's ``torch.distributed`` names do. Once per process; for the
+    rest of its life (a rank's process ends with its group)."""
+    if _refused_in == [os.getpid()]:
+        return
+    for owner, attr, label in collective_targets():
+
+        def stub(*args, _label=label, **kwargs):
+            raise harness.forbidden(_label)
+
+        setattr(owner, attr, stub)
+    _refused_in[:] = [os.getpid()]
+
+
+class SentBytes:
+    """The bytes this process has passed to the process group's ``send`` (every ``dist.send``,
+    ``isend``, ``batch_isend_irecv`` and ``send_object_list`` goes through it)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+def count_sent_bytes() -> SentBytes:
+    """Count, in this process, the bytes of every tensor sent through the process group.
+
+    A count kept in the student's process: it catches honest mistakes (whole tensors where chunks
+    should go), it is not a meter. Nothing stops ranks of one job from passing data to each other
+    through what they share (``/dev/shm``, files, pipes) without sending it. Installed once per
+    process; a forked rank keeps counting on its own copy of its parent's counter."""
+    if _sent:
+        return _sent[0]
+    from torch._C._distributed_c10d import Backend, ProcessGroup
+
+    counter = SentBytes()
+    for cls in (ProcessGroup, Backend):
+
+        def counting_send(self, tensors, *args, _send=cls.send, **kwargs):
+            counter.count += sum(t.numel() * t.element_size() for t in tensors)
+            return _send(self, tensors, *args, **kwargs)
+
+        cls.send = counting_send
+    _sent.append(counter)
+    return counter
+
+
+def forbids(harness, name: str) -> bool:
+    """Whether lab.toml's forbidden ``name`` is patched out in this process: False in the timing
+    phase's reference process, which imports ``reference.py`` and patches nothing."""
+    try:
+        harness.original(name)
+    except KeyError:
+        return False
+    return True
+
+
+def forbidden_in(failure: BaseException) -> str | None:
+    """The forbidden call a rank's failure (``labs.ranks.RankFailed``) reports, if any: the lab's
+    ``run`` raises ``harness.forbidden(name)`` for it, so the job's reason is ``forbidden_call``."""
+    found = FORBIDDEN_IN_RANK.search(str(failure))
+    return found.group(1) if found else None

@@ -83,7 +83,8 @@ def check_timed_calls(case: dict, output, expected, *, rtol: float, atol: float,
 
     ``output["calls"]`` holds what the student's process said of each call: each output's dot
     product with the worker's probe, computed before the call counted as done. ``expected(inputs)``
-    gives the reference outputs of one call (``case["runtime"]["inputs"]``); a fingerprint may
+    gives the reference outputs of one call (``case["runtime"]["inputs"]``), keyed by output name
+    (``"out@2"`` for rank 2's output of a distributed call, probed like ``"out"``); a fingerprint may
     differ from the reference's by ``rtol`` of ``sum|probe * reference|`` plus ``atol`` of
     ``sum|probe|``, plus what summing in the probe's dtype in another order can change
     (``16 eps`` of ``sum|probe * reference|``: rounding errors of a long sum of products with
@@ -98,9 +99,10 @@ def check_timed_calls(case: dict, output, expected, *, rtol: float, atol: float,
         raise CheckFailed("benchmark: the fingerprints of the timed calls are missing; the result is malformed")
     for number, (call, fingerprint) in enumerate(zip(inputs, calls, strict=True)):
         reference = expected(call)
-        for name, probe in probes.items():
+        for name, output in reference.items():
+            probe = probes[name.partition("@")[0]]  # a distributed call's outputs are per rank: "out@1"
             got = fingerprint.get(name) if isinstance(fingerprint, dict) else None
-            want = reference[name].detach().to(torch.float64).reshape(-1)
+            want = output.detach().to(torch.float64).reshape(-1)
             weights = probe.to(torch.float64).reshape(-1)
             value = float(torch.dot(want, weights))
             scale = float(torch.dot(want.abs(), weights.abs()))

@@ -1,25 +1,31 @@
 """Grader for the ``data_pipeline_parallel`` lab: bucketed data parallelism and a GPipe step.
 
-Trust split (see docs/authoring-labs.md): ``cases`` and ``check`` run in the worker and hold every
-reference (single-process training, the sequential model's loss and gradients, the expected
-buckets); ``run`` is shipped alone into the sandbox, so it imports what it needs inside its body
-and uses no other name from this file. ``run`` starts the ranks with ``labs.ranks.spawn`` (gloo
-over loopback, one forked process per rank) and returns what each rank measured.
+Trust split (lab contract v2, docs/authoring-labs.md): ``cases``, ``call_inputs`` and ``check`` run
+in the worker and hold every reference (single-process training, the sequential model's loss and
+gradients, the expected buckets); ``run.py`` is what runs in the sandbox. It starts the ranks with
+``labs.ranks.spawn`` (gloo over loopback, one forked process per rank) and returns what each rank
+computed.
 
 The references are plain single-process PyTorch: what data parallelism and pipelining must
 reproduce exactly, only faster.
+
+The pipeline benchmark is a distributed timed case: the worker times each call of ``run.timed``
+(``gpipe_step`` on both ranks, on fresh microbatches from ``call_inputs``) on its own clock, on a
+pool of 2 ranks in the student's process and, interleaved, on a pool running ``reference.py`` in a
+clean process: each stage's own compute for every microbatch, with no messages, the "ideal" of
+step / ideal. The ratio is computed here from the worker's times, and every timed call's loss and
+gradients are checked through their fingerprints.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labs.grading import CheckFailed, assert_close
+from labs.trusted import CheckFailed, assert_close, check_timed_calls, field, timing_summary
 
 # Float64 throughout: averaging gradients over ranks or summing microbatches changes only the
 # order of additions, so 1e-6 (the catalog's contract) is loose for honest code and far too tight
@@ -32,21 +38,20 @@ PIPE_RTOL, PIPE_ATOL = 1e-8, 1e-12
 # at most 3 s with 8 runnable processes on 2 cores (every message needs the peer process
 # scheduled, so the pipeline cases suffer most). A hang costs this much per case.
 SPAWN_TIMEOUT_SECONDS = 10.0
-BENCH_TIMEOUT_SECONDS = 30.0
 DATA_FEATURES = 64
 DDP_GLOBAL_BATCH = 48  # divisible by 2, 3 and 4: every rank gets the same number of rows
 DDP_STEPS, DDP_LR, DDP_MOMENTUM = 5, 0.1, 0.9
 # The bucket cases: 5 buckets of 594, 800, 1280, 40 and 2560 float64 values (see _buckets).
 BUCKET_SIZES, BUCKET_CAP_MB = [64, 40, 32, 24, 16, 10], 0.008
-# The benchmark: 2 stages of two 256-wide layers, 8 microbatches of 32 rows; 5 timed steps.
 BENCH_WIDTHS, BENCH_STAGES = [256] * 5, [[0, 1], [2, 3]]
-BENCH_MICROBATCHES, BENCH_ROWS, BENCH_REPS = 8, 32, 5
+# The benchmark: 2 stages of two 256-wide layers, 8 microbatches of 32 rows; 20 timed pairs
+# (student, reference) after 3 warm-up calls, each call on fresh microbatches.
+BENCH_MICROBATCHES, BENCH_ROWS = 8, 32
+BENCH_CALLS, BENCH_WARMUP = 20, 3
 # An honest GPipe step cannot beat m stage-passes of compute (ratio m / (m + p - 1)). A median
-# under this share of that floor is a forged clock or a reference skewed by the machine's load:
-# either way not a figure to rank (the case still passes if every answer was right).
+# under this share of that floor means the machine's load skewed the reference's calls: not a
+# figure to rank (the case still passes if every answer was right).
 FLOOR_SLACK = 0.8
-# The worker reads the end of the timed region a little after it happens, never before.
-ENVELOPE_RELATIVE_SLACK, ENVELOPE_ABSOLUTE_SLACK = 0.01, 5e-3
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,7 +60,7 @@ ENVELOPE_RELATIVE_SLACK, ENVELOPE_ABSOLUTE_SLACK = 0.01, 5e-3
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
-    """Linear layers of the given widths with tanh between them, in float64 (as run() builds them)."""
+    """Linear layers of the given widths with tanh between them, in float64 (as run.py builds them)."""
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[i], sizes[i + 1]))
@@ -99,7 +104,7 @@ def _classification_data(gen: torch.Generator, rows: int) -> tuple[torch.Tensor,
 
 
 def _sgd_step(params: list[torch.Tensor], buffers: list[torch.Tensor | None], lr: float, momentum: float) -> None:
-    """torch.optim.SGD's update with momentum (dampening 0), written out: run() does the same."""
+    """torch.optim.SGD's update with momentum (dampening 0), written out: run.py does the same."""
     with torch.no_grad():
         for i, p in enumerate(params):
             buffers[i] = p.grad.clone() if buffers[i] is None else buffers[i].mul_(momentum).add_(p.grad)
@@ -239,36 +244,47 @@ def _gpipe_case(name: str, gen, *, widths, stages, microbatches: int, rows: int,
 
 
 def _benchmark_case(gen) -> dict:
+    """The timed case: the static weights (every call sees them); each call's microbatches come
+    from ``call_inputs``."""
     weights = [_random_params(gen, _stage(BENCH_WIDTHS, layer_ids)) for layer_ids in BENCH_STAGES]
-    shape = (BENCH_REPS, BENCH_MICROBATCHES, BENCH_ROWS)
-    xs = torch.randn(*shape, BENCH_WIDTHS[0], generator=gen, dtype=torch.float64)
-    ys = torch.randn(*shape, BENCH_WIDTHS[-1], generator=gen, dtype=torch.float64)
-    # Fresh microbatches for every timed step, so no step can reuse another's result; every step's
-    # loss is checked, and the last step's gradients.
-    model = nn.Sequential(*[_load(_stage(BENCH_WIDTHS, ids), w) for ids, w in zip(BENCH_STAGES, weights, strict=True)])
-    with torch.no_grad():  # equal microbatches: the mean of their MSEs is the MSE of the whole step
-        out = model(xs.reshape(-1, BENCH_WIDTHS[0])).reshape(*shape, BENCH_WIDTHS[-1])
-        losses = ((out - ys) ** 2).mean(dim=(1, 2, 3)).tolist()
-    _, grads = _pipeline_reference(BENCH_WIDTHS, BENCH_STAGES, weights, xs[-1], ys[-1])
+    names = [[n for n, _ in _stage(BENCH_WIDTHS, ids).named_parameters()] for ids in BENCH_STAGES]
+    shapes = {f"grad_{n}": list(p.shape) for n, p in _stage(BENCH_WIDTHS, BENCH_STAGES[0]).named_parameters()}
     return {
         "name": "pipeline_benchmark",
         "points": 0,
         "inputs": {
             "kind": "benchmark",
-            "world_size": len(BENCH_STAGES),
             "widths": BENCH_WIDTHS,
             "stages": BENCH_STAGES,
             "weights": weights,
-            "x": xs,
-            "y": ys,
+            "microbatches": BENCH_MICROBATCHES,
+            "rows": BENCH_ROWS,
         },
-        "names": [[n for n, _ in _stage(BENCH_WIDTHS, ids).named_parameters()] for ids in BENCH_STAGES],
-        "expected_losses": losses,
-        "expected_grads": grads,
+        "timed": {
+            "calls": BENCH_CALLS,
+            "warmup": BENCH_WARMUP,
+            "reference": True,
+            "world_size": len(BENCH_STAGES),
+            # Every stage has the same parameter shapes: one probe per name serves both ranks.
+            "outputs": {**shapes, "loss": [1]},
+            "dtype": "float64",
+        },
+        "names": names,
     }
 
 
-def cases(seed: int) -> list[dict]:
+def call_inputs(case: dict, seed: int) -> dict:
+    """One timed call's fresh microbatches: ``x`` for rank 0, ``y`` (the targets) for the last rank."""
+    gen = torch.Generator().manual_seed(seed)
+    inputs = case["inputs"]
+    widths, shape = inputs["widths"], (inputs["microbatches"], inputs["rows"])
+    return {
+        "x": torch.randn(*shape, widths[0], generator=gen, dtype=torch.float64),
+        "y": torch.randn(*shape, widths[-1], generator=gen, dtype=torch.float64),
+    }
+
+
+def cases(seed: int, *, device: str = "cpu") -> list[dict]:
     """Every hidden test, generated from the secret seed so inputs cannot be memorised."""
     gen = torch.Generator().manual_seed(seed)
     out = [
@@ -298,294 +314,13 @@ def cases(seed: int) -> list[dict]:
         _benchmark_case(gen),
     ]
     for case in out:
-        case["inputs"]["timeout"] = BENCH_TIMEOUT_SECONDS if case is out[-1] else SPAWN_TIMEOUT_SECONDS
+        if "timed" not in case:
+            case["inputs"]["timeout"] = SPAWN_TIMEOUT_SECONDS
     return out
 
 
 # --------------------------------------------------------------------------------------------
-# run: untrusted side, shipped alone into the sandbox
-# --------------------------------------------------------------------------------------------
-
-
-def run(module, inputs: dict):
-    """Start the ranks, call the student's ``MyDDP`` or ``gpipe_step`` on each; return plain data.
-
-    Self-contained on purpose: the runner ships only this function's source into the sandbox.
-    A rank that raises, dies or hangs fails the case with ``labs.ranks.RankFailed`` naming it.
-    """
-    import multiprocessing
-    import re
-    import threading
-    import time
-
-    import torch
-    import torch.distributed as dist
-    import torch.nn.functional as F
-    from torch import nn
-
-    from labs import ranks
-
-    kind, world, timeout = inputs["kind"], int(inputs["world_size"]), float(inputs["timeout"])
-    if kind in ("gpipe", "benchmark"):
-        # The first out.backward(grad) of a process imports this (and sympy): 1 to 4 s of CPU that
-        # every forked rank would pay again in every case. Imported here once, the ranks inherit it.
-        import torch.fx.experimental.symbolic_shapes  # noqa: F401
-
-    def mlp(sizes):
-        layers = []
-        for i in range(len(sizes) - 1):
-            layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-            if i < len(sizes) - 2:
-                layers.append(nn.Tanh())
-        return nn.Sequential(*layers).double()
-
-    def stage_module(widths, layer_ids):
-        layers = []
-        for layer in layer_ids:
-            layers.append(nn.Linear(widths[layer], widths[layer + 1]))
-            if layer < len(widths) - 2:
-                layers.append(nn.Tanh())
-        return nn.Sequential(*layers).double()
-
-    def load(model, params):
-        with torch.no_grad():
-            for p, value in zip(model.parameters(), params, strict=True):
-                p.copy_(value)
-        return model
-
-    def wrap(model, cap):
-        ddp = module.MyDDP(model) if cap is None else module.MyDDP(model, bucket_cap_mb=cap)
-        if not isinstance(ddp, nn.Module):
-            raise TypeError(f"MyDDP(...) built a {type(ddp).__name__}, expected an nn.Module subclass")
-        return ddp
-
-    def forward(ddp, x):
-        out = ddp(x)
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"MyDDP.forward returned {type(out).__name__}, expected the wrapped module's output")
-        return out
-
-    def grads(model):
-        return [None if p.grad is None else p.grad.detach().clone() for p in model.parameters()]
-
-    def plain_loss(value):
-        if value is None or isinstance(value, (int, float)):
-            return None if value is None else float(value)
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            return float(value.detach().reshape(()).item())
-        return f"<{type(value).__name__}>"
-
-    def start(fn):
-        try:
-            return ranks.spawn(fn, world, timeout=timeout)
-        except ranks.RankFailed as exc:
-            # A forbidden call inside a rank is reported as one, not as a rank failure.
-            found = re.search(r"raised ForbiddenCall: forbidden call: ([\w.]+)\(\)", str(exc))
-            if found:
-                raise harness.forbidden(found.group(1)) from None  # noqa: F821 (set by the runner)
-            raise
-
-    if kind == "ddp_init":
-
-        def on_rank(rank, world_size):
-            model = load(mlp(inputs["sizes"]), inputs["init"][rank])
-            ddp = wrap(model, None)
-            params = [p.detach().clone() for p in model.parameters()]
-            with torch.no_grad():
-                out = forward(ddp, inputs["x"][rank])
-            return {"params": params, "out": out.detach().clone()}
-
-        return start(on_rank)
-
-    if kind == "ddp_train":
-
-        def on_rank(rank, world_size):
-            model = load(mlp(inputs["sizes"]), inputs["init"][rank])
-            ddp = wrap(model, inputs["bucket_cap_mb"])
-            params = list(model.parameters())
-            buffers = [None] * len(params)
-            per = inputs["x"].shape[1] // world_size
-            rows = slice(rank * per, (rank + 1) * per)
-            for x, y in zip(inputs["x"], inputs["y"], strict=True):
-                model.zero_grad(set_to_none=True)
-                F.cross_entropy(forward(ddp, x[rows]), y[rows]).backward()
-                with torch.no_grad():  # torch.optim.SGD(lr, momentum), written out
-                    for i, p in enumerate(params):
-                        if p.grad is None:
-                            raise RuntimeError(f"parameter {i} has no gradient after backward")
-                        if buffers[i] is None:
-                            buffers[i] = p.grad.clone()
-                        else:
-                            buffers[i].mul_(inputs["momentum"]).add_(p.grad)
-                        p.sub_(inputs["lr"] * buffers[i])
-            return {"params": [p.detach().clone() for p in model.parameters()]}
-
-        return start(on_rank)
-
-    if kind == "ddp_buckets":
-
-        def on_rank(rank, world_size):
-            model = load(mlp(inputs["sizes"]), inputs["init"][rank])
-            ddp = wrap(model, inputs["bucket_cap_mb"])
-            per = inputs["x"].shape[0] // world_size
-            rows = slice(rank * per, (rank + 1) * per)
-            loss = F.cross_entropy(forward(ddp, inputs["x"][rows]), inputs["y"][rows])
-            # Count the all-reduces backward makes, and how many were started by the time the
-            # first layer's gradient is computed (the last gradient backward produces).
-            calls, seen = [], {"in_backward": False, "at_first_layer": None}
-            original = dist.all_reduce
-
-            def counted(tensor, *args, **kwargs):
-                if seen["in_backward"]:
-                    calls.append(int(tensor.numel()))
-                return original(tensor, *args, **kwargs)
-
-            def first_layer_reached(grad):
-                if seen["at_first_layer"] is None:
-                    seen["at_first_layer"] = len(calls)
-
-            for p in list(model.parameters())[:2]:
-                p.register_hook(first_layer_reached)
-            dist.all_reduce = dist.distributed_c10d.all_reduce = counted
-            seen["in_backward"] = True
-            try:
-                loss.backward()
-            finally:
-                seen["in_backward"] = False
-                dist.all_reduce = dist.distributed_c10d.all_reduce = original
-            return {"calls": calls, "at_first_layer": seen["at_first_layer"]}
-
-        return start(on_rank)
-
-    def microbatches(rank, world_size, xs, ys):
-        first, last = rank == 0, rank == world_size - 1
-        return [(x if first else None, y if last else None) for x, y in zip(xs, ys, strict=True)]
-
-    if kind == "gpipe":
-
-        def on_rank(rank, world_size):
-            stage = load(stage_module(inputs["widths"], inputs["stages"][rank]), inputs["weights"][rank])
-            schedule = {"forwards": 0, "before_first_backward": None}
-            if inputs["schedule"]:
-                # Forwards are counted at the stage's first layer (however the stage is called);
-                # the first gradient of that layer's weight marks the first backward.
-                def counted_forward(layer, args):
-                    schedule["forwards"] += 1
-
-                def first_backward(grad):
-                    if schedule["before_first_backward"] is None:
-                        schedule["before_first_backward"] = schedule["forwards"]
-
-                stage[0].register_forward_pre_hook(counted_forward)
-                stage[0].weight.register_hook(first_backward)
-            mbs = microbatches(rank, world_size, inputs["x"], inputs["y"])
-            loss = module.gpipe_step(stage, mbs, rank, world_size)
-            return {"loss": plain_loss(loss), "grads": grads(stage), **schedule}
-
-        return start(on_rank)
-
-    if kind == "benchmark":
-        # Asks the worker now whether it will time at all (it will not once a test has failed);
-        # the begin that rank 0 sends just before the timed loop replaces this one.
-        harness.begin("pipeline")  # noqa: F821 (set by the runner)
-        # Forked ranks cannot talk to the worker (multiprocessing closes their stdin), so rank 0
-        # asks this process to mark the timed region on the worker's clock, through a pipe.
-        parent_end, rank0_end = multiprocessing.Pipe()
-        refused = []
-
-        def relay():
-            while True:
-                try:
-                    message = parent_end.recv()
-                except (EOFError, OSError):
-                    return
-                if message == "begin":
-                    try:
-                        harness.begin("pipeline")  # noqa: F821
-                        parent_end.send("go")
-                    except BaseException as exc:  # noqa: BLE001 - NotTimed, re-raised below
-                        refused.append(exc)
-                        parent_end.send("skip")
-                elif message == "end":
-                    harness.end("pipeline")  # noqa: F821
-                    parent_end.send("done")
-                else:
-                    return
-
-        def on_rank(rank, world_size):
-            first, last = rank == 0, rank == world_size - 1
-            widths, layer_ids = inputs["widths"], inputs["stages"][rank]
-            stage = load(stage_module(widths, layer_ids), inputs["weights"][rank])
-            xs, ys = inputs["x"], inputs["y"]
-            reps, m, rows = xs.shape[0], xs.shape[1], xs.shape[2]
-            gen = torch.Generator().manual_seed(rank)
-            ref_in = torch.randn(m, rows, widths[layer_ids[0]], generator=gen, dtype=torch.float64)
-            ref_grad = torch.randn(m, rows, widths[layer_ids[-1] + 1], generator=gen, dtype=torch.float64)
-
-            def reference():
-                # This stage's own compute for every microbatch, no messages: the pipeline's unit.
-                for i in range(m):
-                    inp = ref_in[i] if first else ref_in[i].clone().requires_grad_()
-                    out = stage(inp)
-                    if last:
-                        (F.mse_loss(out, ref_grad[i]) / m).backward()
-                    else:
-                        out.backward(ref_grad[i])
-                stage.zero_grad(set_to_none=True)
-
-            def step(rep):
-                return module.gpipe_step(stage, microbatches(rank, world_size, xs[rep], ys[rep]), rank, world_size)
-
-            reference()  # warm-up, untimed
-            step(0)
-            stage.zero_grad(set_to_none=True)
-            dist.barrier()
-            go = torch.zeros(1)
-            if first:
-                rank0_end.send("begin")
-                go[0] = 1.0 if rank0_end.recv() == "go" else 0.0
-            dist.broadcast(go, 0)
-            if go.item() != 1.0:
-                raise RuntimeError("the worker declined to time the pipeline")
-            steps, refs, losses = [], [], []
-            for rep in range(reps):
-                dist.barrier()
-                t0 = time.perf_counter()
-                reference()
-                dist.barrier()
-                t1 = time.perf_counter()
-                loss = step(rep)
-                dist.barrier()
-                t2 = time.perf_counter()
-                refs.append(t1 - t0)
-                steps.append(t2 - t1)
-                losses.append(plain_loss(loss))
-                if rep < reps - 1:
-                    stage.zero_grad(set_to_none=True)
-            if first:
-                rank0_end.send("end")
-                rank0_end.recv()
-            return {"steps": steps, "references": refs, "losses": losses, "grads": grads(stage)}
-
-        thread = threading.Thread(target=relay, daemon=True)
-        thread.start()
-        try:
-            return start(on_rank)
-        except ranks.RankFailed:
-            if refused:
-                raise refused[0] from None
-            raise
-        finally:
-            rank0_end.send("stop")
-            thread.join(5.0)
-            parent_end.close()
-            rank0_end.close()
-
-    raise ValueError(f"unknown case kind {kind!r}")
-
-
-# --------------------------------------------------------------------------------------------
-# check: trusted, compares run()'s output with the references
+# check: trusted, compares run.py's output with the references
 # --------------------------------------------------------------------------------------------
 
 
@@ -598,12 +333,6 @@ def _per_rank(output, world: int) -> list[dict]:
     return list(output)
 
 
-def _field(part: dict, key: str, rank: int):
-    if key not in part:
-        raise CheckFailed(f"rank {rank}'s result has no '{key}'; the result is malformed")
-    return part[key]
-
-
 def _tensors(values, count: int, what: str) -> list[torch.Tensor]:
     if not isinstance(values, (list, tuple)) or len(values) != count:
         raise CheckFailed(f"{what}: expected {count} tensors, got {type(values).__name__}; the result is malformed")
@@ -614,7 +343,7 @@ def _check_ddp_init(case: dict, output) -> None:
     inputs, names = case["inputs"], case["names"]
     world = inputs["world_size"]
     for rank, part in enumerate(_per_rank(output, world)):
-        params = _tensors(_field(part, "params", rank), len(names), f"rank {rank}'s parameters")
+        params = _tensors(field(part, "params", f"rank {rank}"), len(names), f"rank {rank}'s parameters")
         for name, got, want in zip(names, params, case["expected_params"], strict=True):
             if not isinstance(got, torch.Tensor) or got.shape != want.shape or got.dtype != want.dtype:
                 raise CheckFailed(
@@ -630,7 +359,7 @@ def _check_ddp_init(case: dict, output) -> None:
                     "parameter from rank 0 (dist.broadcast(p.data, src=0)) so all ranks start from the same model"
                 )
         assert_close(
-            _field(part, "out", rank),
+            field(part, "out", f"rank {rank}"),
             case["expected_out"][rank],
             what=f"rank {rank}: MyDDP(model)(x) must return model(x)",
             rtol=1e-12,
@@ -642,7 +371,9 @@ def _check_ddp_train(case: dict, output) -> None:
     inputs, names = case["inputs"], case["names"]
     world = inputs["world_size"]
     parts = _per_rank(output, world)
-    finals = [_tensors(_field(p, "params", r), len(names), f"rank {r}'s parameters") for r, p in enumerate(parts)]
+    finals = [
+        _tensors(field(p, "params", f"rank {r}"), len(names), f"rank {r}'s parameters") for r, p in enumerate(parts)
+    ]
     setting = (
         f"{DDP_STEPS} SGD steps (lr {DDP_LR}, momentum {DDP_MOMENTUM}) on {world} ranks, "
         f"{DDP_GLOBAL_BATCH // world} rows each, "
@@ -673,7 +404,7 @@ def _check_ddp_buckets(case: dict, output) -> None:
     world, cap = inputs["world_size"], inputs["bucket_cap_mb"]
     part = _per_rank(output, world)[0]
     setting = f"one backward on {world} ranks, model {inputs['sizes']}, bucket_cap_mb={cap}"
-    calls = _field(part, "calls", 0)
+    calls = field(part, "calls", "rank 0")
     expected = case["bucket_numels"]
     if not isinstance(calls, list) or not all(isinstance(n, int) for n in calls):
         raise CheckFailed("the recorded all_reduce calls are malformed")
@@ -692,7 +423,7 @@ def _check_ddp_buckets(case: dict, output) -> None:
                 "the next parameter would push a non-empty bucket past the cap) and all-reduce each bucket once"
             )
         return
-    early, at_first = case["launchable_early"], _field(part, "at_first_layer", 0)
+    early, at_first = case["launchable_early"], field(part, "at_first_layer", "rank 0")
     if not isinstance(at_first, int):
         raise CheckFailed(f"{setting}: the first layer's gradient was never computed; the result is malformed")
     if at_first < early:
@@ -707,7 +438,7 @@ def _check_ddp_buckets(case: dict, output) -> None:
 def _check_stage_grads(case: dict, parts: list[dict], expected: list[list[torch.Tensor]], setting: str) -> None:
     for rank, part in enumerate(parts):
         names = case["names"][rank]
-        got = _tensors(_field(part, "grads", rank), len(names), f"rank {rank}'s gradients")
+        got = _tensors(field(part, "grads", f"rank {rank}"), len(names), f"rank {rank}'s gradients")
         for name, value, want in zip(names, got, expected[rank], strict=True):
             if value is None:
                 hint = (
@@ -743,7 +474,7 @@ def _check_gpipe(case: dict, output) -> None:
     setting = f"gpipe_step on {world} ranks with {m} microbatches"
     if case["check"] == "schedule":
         for rank, part in enumerate(parts):
-            before = _field(part, "before_first_backward", rank)
+            before = field(part, "before_first_backward", f"rank {rank}")
             if before is None:
                 raise CheckFailed(f"{setting}: stage {rank} never ran a backward pass: its weights got no gradient")
             if before != m:
@@ -753,59 +484,53 @@ def _check_gpipe(case: dict, output) -> None:
                     "different microbatches at the same time"
                 )
         return
-    _check_loss(_field(parts[-1], "loss", world - 1), case["expected_loss"], setting)
+    _check_loss(field(parts[-1], "loss", f"rank {world - 1}"), case["expected_loss"], setting)
     _check_stage_grads(case, parts, case["expected_grads"], setting)
 
 
-def _timings(part: dict, key: str, reps: int) -> list[float]:
-    values = _field(part, key, 0)
-    if (
-        not isinstance(values, list)
-        or len(values) != reps
-        or not all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in values)
-    ):
-        raise CheckFailed(f"pipeline benchmark: malformed '{key}' timings; the result is malformed")
-    return values
+def _timed_expected(case: dict, inputs: dict) -> dict[str, torch.Tensor]:
+    """What every rank of one timed call must hold: the sequential model's gradients of its stage,
+    and the loss on the last rank (0 on the others)."""
+    static = case["inputs"]
+    loss, grads = _pipeline_reference(static["widths"], static["stages"], static["weights"], inputs["x"], inputs["y"])
+    last = len(static["stages"]) - 1
+    expected = {}
+    for rank, names in enumerate(case["names"]):
+        expected[f"loss@{rank}"] = torch.tensor([loss if rank == last else 0.0], dtype=torch.float64)
+        for name, grad in zip(names, grads[rank], strict=True):
+            expected[f"grad_{name}@{rank}"] = grad
+    return expected
 
 
 def _check_benchmark(case: dict, output) -> dict:
     inputs = case["inputs"]
-    world = inputs["world_size"]
-    reps, m = inputs["x"].shape[0], inputs["x"].shape[1]
-    parts = _per_rank(output, world)
-    setting = f"pipeline benchmark ({world} ranks, {m} microbatches)"
-    losses = _field(parts[-1], "losses", world - 1)
-    if not isinstance(losses, list) or len(losses) != reps:
-        raise CheckFailed(f"{setting}: malformed losses; the result is malformed")
-    for rep, (value, want) in enumerate(zip(losses, case["expected_losses"], strict=True)):
-        _check_loss(value, want, f"{setting}, timed step {rep + 1}")
-    _check_stage_grads(case, parts, case["expected_grads"], f"{setting}, last timed step")
-    steps, refs = _timings(parts[0], "steps", reps), _timings(parts[0], "references", reps)
-    envelope = case.get("runtime", {}).get("envelopes", {}).get("pipeline")
-    if envelope is None:
-        raise CheckFailed(f"{setting}: the worker's clock did not see the timed region, so the times cannot be used")
-    reported = sum(steps) + sum(refs)
-    if reported > envelope * (1 + ENVELOPE_RELATIVE_SLACK) + ENVELOPE_ABSOLUTE_SLACK:
-        raise CheckFailed(
-            f"{setting}: the reported times add up to {reported:.4g} s but the worker's clock saw the whole timed "
-            f"region take {envelope:.4g} s; the reported times are not real"
-        )
+    world, m = len(inputs["stages"]), inputs["microbatches"]
+    check_timed_calls(
+        case,
+        output,
+        lambda call: _timed_expected(case, call),
+        rtol=PIPE_RTOL,
+        atol=PIPE_ATOL,
+        what="gpipe_step in timed call",
+    )
+    summary = timing_summary(case)
+    runtime = case["runtime"]
     bubble = (m + world - 1) / m
-    ratios = [s / (bubble * r) for s, r in zip(steps, refs, strict=True)]
-    ratio = statistics.median(ratios)
+    ratio = summary["ratio"] / bubble  # the median of step / (bubble x reference), pair by pair
     floor = m / (m + world - 1)
-    step_ms, ref_ms = statistics.median(steps) * 1e3, statistics.median(refs) * 1e3
+    step_ms = summary["seconds"] * 1e3
+    ref_ms = sorted(runtime["reference_seconds"])[len(runtime["reference_seconds"]) // 2] * 1e3
     figures = (
-        f"GPipe step {step_ms:.1f} ms (median of {reps}); ideal {bubble:.3f} x {ref_ms:.1f} ms = "
-        f"{bubble * ref_ms:.1f} ms ((m + p - 1) / m x the slowest stage's compute for all {m} microbatches); "
-        f"step / ideal = {ratio:.3f}"
+        f"step / ideal = {ratio:.3f}: GPipe step {step_ms:.1f} ms; ideal {bubble:.3f} x {ref_ms:.1f} ms = "
+        f"{bubble * ref_ms:.1f} ms ((m + p - 1) / m x the stages' own compute for all {m} microbatches, no "
+        f"messages); timing: {summary['message']}"
     )
     if ratio < FLOOR_SLACK * floor:
-        # No step can beat its stages' compute: either the clock was tampered with or the machine's
-        # load skewed the reference; the answers were right, so the case passes, unranked.
+        # No step can beat its stages' compute: the machine's load skewed the reference's calls;
+        # the answers were right, so the case passes, unranked.
         return {
-            "message": f"{figures}, below {floor:.3f} (one stage's compute alone): not believable, so this "
-            "submission is not ranked"
+            "message": f"{figures}; step / ideal is below {floor:.3f} (one stage's compute alone): not believable, "
+            "so this submission is not ranked"
         }
     return {
         "metric": ratio,
@@ -815,6 +540,8 @@ def _check_benchmark(case: dict, output) -> dict:
 
 def check(case: dict, output) -> dict | None:
     """Compare one case's output with the trusted references; raise CheckFailed saying what is wrong."""
+    if "timed" in case:
+        return _check_benchmark(case, output)
     kind = case["inputs"]["kind"]
     if kind == "ddp_init":
         _check_ddp_init(case, output)
@@ -824,8 +551,6 @@ def check(case: dict, output) -> dict | None:
         _check_ddp_buckets(case, output)
     elif kind == "gpipe":
         _check_gpipe(case, output)
-    elif kind == "benchmark":
-        return _check_benchmark(case, output)
     else:
         raise CheckFailed(f"internal grader error: unknown case kind {kind!r}")
     return None

@@ -1,10 +1,16 @@
 """Grader for the ``grad_compression`` lab: 3LC compression with error feedback, and an allreduce over it.
 
-Trust split (see docs/authoring-labs.md): ``cases`` and ``check`` run in the worker and hold every
-reference answer, the held-out digits test split and the uncompressed baseline's accuracy; ``run``
-is shipped alone into the sandbox, so it imports what it needs inside its body and uses no other
-name from this file. Distributed cases run their ranks with ``labs.ranks`` (shipped next to
-``run``) as forked children of the sandboxed process.
+Trust split (lab contract v2, docs/authoring-labs.md): ``cases`` and ``check`` run in the worker
+and hold every reference answer, the held-out digits test split and the uncompressed baseline's
+accuracy; ``run.py`` is what runs in the sandbox. Distributed cases run their ranks with
+``labs.ranks`` as forked children of the sandboxed process. The training ranks get the training
+shards only and return their trained weights; the held-out split stays here, where ``check``
+evaluates the MLP on it.
+
+The metric, the bytes the ranks sent, is counted inside the sandbox, at ``ProcessGroup.send``
+(``labs.sandboxed.count_sent_bytes``): the ranks of one job are forks in one sandbox and share
+``/dev/shm``, files and pipes, which carry data past that count (the wrong solution
+``shm_side_channel`` shows it). Issue 11 moves the count out of the job.
 
 The references for quantization and base-3^5 packing are ``kernels.threelc``'s torch versions (the
 project's 3LC implementation), imported lazily because that module imports Triton; the zero-run
@@ -18,7 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from labs.grading import CheckFailed, assert_close
+from labs.trusted import CheckFailed, assert_close, digits_split, field
 
 ZERO_BYTE = 121  # a byte of five q = 0 digits
 FIRST_RUN_CODE = 243  # 243 + k stands for a run of k + 2 ZERO_BYTEs (k = 0..12)
@@ -36,6 +42,7 @@ TRAIN_STEPS = 200
 TRAIN_LR = 0.5
 TRAIN_HIDDEN = 32
 DIGITS_TEST_SIZE = 450
+DIGITS_SALT = 11  # keeps this lab's split of the digits (seed + 11), and its initial weights, as they were
 ACCURACY_SLACK = 0.01
 
 # Spawn limits. A rank stuck in a recv fails after COLLECTIVE_SECONDS (gloo's own timeout). Training
@@ -167,26 +174,22 @@ def _halfway_tensor(gen: torch.Generator, s: float) -> torch.Tensor:
 
 def _digits(seed: int) -> dict:
     """Shards of the scikit-learn digits for the training ranks, the held-out split, and a model init."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(data.target, dtype=torch.int64)
-    gen = torch.Generator().manual_seed(seed + 11)
-    perm = torch.randperm(len(y), generator=gen)
-    test, train = perm[:DIGITS_TEST_SIZE], perm[DIGITS_TEST_SIZE:]
-    per_rank = len(train) // TRAIN_WORLD_SIZE
-    shards = [train[r * per_rank : (r + 1) * per_rank] for r in range(TRAIN_WORLD_SIZE)]
+    x_train, y_train, x_test, y_test = digits_split(seed, test_size=DIGITS_TEST_SIZE, salt=DIGITS_SALT)
+    # The initial weights continue the random stream of the split's permutation, as they always did.
+    gen = torch.Generator().manual_seed(seed + DIGITS_SALT)
+    torch.randperm(len(y_train) + len(y_test), generator=gen)
+    per_rank = len(y_train) // TRAIN_WORLD_SIZE
+    shards = [slice(r * per_rank, (r + 1) * per_rank) for r in range(TRAIN_WORLD_SIZE)]
     init = []
     for fan_in, fan_out in ((64, TRAIN_HIDDEN), (TRAIN_HIDDEN, 10)):
         bound = 1.0 / math.sqrt(fan_in)  # nn.Linear's default
         init.append((torch.rand(fan_out, fan_in, generator=gen) * 2 - 1) * bound)
         init.append((torch.rand(fan_out, generator=gen) * 2 - 1) * bound)
     return {
-        "x_shards": [x[s].contiguous() for s in shards],
-        "y_shards": [y[s].contiguous() for s in shards],
-        "x_test": x[test].contiguous(),
-        "y_test": y[test].contiguous(),
+        "x_shards": [x_train[s].contiguous() for s in shards],
+        "y_shards": [y_train[s].contiguous() for s in shards],
+        "x_test": x_test,
+        "y_test": y_test,
         "init": init,
     }
 
@@ -220,12 +223,10 @@ def _train_exact(digits: dict) -> float:
     return (predicted == digits["y_test"]).double().mean().item()
 
 
-def cases(seed: int) -> list[dict]:
-    """Every hidden test, generated from the secret seed so inputs cannot be memorised."""
-    gen = torch.Generator().manual_seed(seed)
+def _packing_cases(gen: torch.Generator) -> list[dict]:
+    """base3_packing and lengths_not_multiple_of_5: the packing both ways, and compress/decompress of odd sizes."""
     threelc = _threelc()
-    out: list[dict] = []
-
+    out = []
     qs = [_ternary(gen, n) for n in (5, 10, 1000)] + [_ternary(gen, 40 * 25).reshape(40, 25)]
     packed = [threelc.pack_base3_reference(q) for q in qs]
     out.append(
@@ -240,7 +241,6 @@ def cases(seed: int) -> list[dict]:
             "expected": {"pack": packed, "unpack": [q.reshape(-1) for q in qs]},
         }
     )
-
     qs = [_ternary(gen, n) for n in (1, 2, 3, 4, 6, 7, 8, 9, 11, 1001, 1234)]
     packed = [threelc.pack_base3_reference(q) for q in qs]
     sequences = [{"s": 1.0, "tensors": [_gradient_like(gen, *shape)]} for shape in ((1,), (3,), (2, 3, 7), (1001,))]
@@ -254,60 +254,43 @@ def cases(seed: int) -> list[dict]:
                 "unpack": [[p, q.numel()] for p, q in zip(packed, qs, strict=True)],
                 "compress": sequences,
             },
-            "expected": {
-                "pack": packed,
-                "unpack": qs,
-            },
+            "expected": {"pack": packed, "unpack": qs},
         }
     )
+    return out
 
+
+def _compressor_cases(gen: torch.Generator) -> list[dict]:
+    """zero_run_encoding, all_zero_tensor, error_feedback and quantization_error_bound."""
     raw = _zero_run_inputs(gen)
     encoded = [zero_run_encode_reference(r) for r in raw]
-    out.append(
+    out = [
         {
             "name": "zero_run_encoding",
             "points": 15,
             "inputs": {"kind": "codec", "encode": raw, "decode": encoded, "roundtrip": raw},
             "expected": {"encode": encoded, "decode": raw},
         }
-    )
-
+    ]
     sequences = [
         {"s": 1.0, "tensors": [torch.zeros(6, 5), torch.zeros(6, 5)]},
         {"s": 1.5, "tensors": [torch.zeros(13)]},
         {"s": 1.0, "tensors": [torch.zeros(1000)]},
         {"s": 1.0, "tensors": [_gradient_like(gen, 9, 4), torch.zeros(9, 4), torch.zeros(9, 4)]},
     ]
-    out.append(
-        {
-            "name": "all_zero_tensor",
-            "points": 10,
-            "inputs": {"kind": "codec", "compress": sequences},
-        }
-    )
-
+    out.append({"name": "all_zero_tensor", "points": 10, "inputs": {"kind": "codec", "compress": sequences}})
     sequences = [
         {"s": 1.0, "tensors": [_gradient_like(gen, 17, 11) for _ in range(4)]},
         {"s": 1.6, "tensors": [_gradient_like(gen, 301) for _ in range(4)]},
     ]
-    out.append(
-        {
-            "name": "error_feedback",
-            "points": 15,
-            "inputs": {"kind": "codec", "compress": sequences},
-        }
-    )
-
+    out.append({"name": "error_feedback", "points": 15, "inputs": {"kind": "codec", "compress": sequences}})
     sequences = [{"s": s, "tensors": [_halfway_tensor(gen, s)]} for s in (1.0, 1.5)]
     sequences += [{"s": s, "tensors": [_gradient_like(gen, 503)]} for s in (1.0, 1.25, 1.9)]
-    out.append(
-        {
-            "name": "quantization_error_bound",
-            "points": 10,
-            "inputs": {"kind": "codec", "compress": sequences},
-        }
-    )
+    out.append({"name": "quantization_error_bound", "points": 10, "inputs": {"kind": "codec", "compress": sequences}})
+    return out
 
+
+def _allreduce_case(gen: torch.Generator) -> dict:
     groups = []
     for world in ALLREDUCE_WORLD_SIZES:
         # Per rank: the same (29, 31) tensor's compressor called twice (error feedback across calls),
@@ -317,309 +300,56 @@ def cases(seed: int) -> list[dict]:
         b = [torch.zeros(3) if r == 0 else _gradient_like(gen, 3) for r in range(world)]
         calls = [{"tensor": "a", "values": a[0]}, {"tensor": "a", "values": a[1]}, {"tensor": "b", "values": b}]
         groups.append({"world_size": world, "s": 1.0, "calls": calls})
-    out.append(
-        {
-            "name": "compressed_allreduce",
-            "points": 20,
-            "inputs": {
-                "kind": "allreduce",
-                "test": "compressed_allreduce",
-                "groups": groups,
-                "timeout": ALLREDUCE_SPAWN_SECONDS,
-                "collective_timeout": COLLECTIVE_SECONDS,
-            },
-        }
-    )
+    return {
+        "name": "compressed_allreduce",
+        "points": 20,
+        "inputs": {
+            "kind": "allreduce",
+            "test": "compressed_allreduce",
+            "groups": groups,
+            "timeout": ALLREDUCE_SPAWN_SECONDS,
+            "collective_timeout": COLLECTIVE_SECONDS,
+        },
+    }
 
+
+def _train_case(seed: int) -> dict:
+    """The training run of the metric: the ranks get the training shards; the held-out split and
+    the baseline's accuracy stay in the case, outside ``inputs``, so they never enter the sandbox."""
     digits = _digits(seed)
-    out.append(
-        {
-            "name": "train_digits_4_ranks",
-            "points": 10,
-            "inputs": {
-                "kind": "train",
-                "test": "train_digits_4_ranks",
-                "world_size": TRAIN_WORLD_SIZE,
-                "steps": TRAIN_STEPS,
-                "lr": TRAIN_LR,
-                "init": digits["init"],
-                "x_shards": digits["x_shards"],
-                "y_shards": digits["y_shards"],
-                "timeout": TRAIN_SPAWN_SECONDS,
-                "collective_timeout": COLLECTIVE_SECONDS,
-            },
-            "x_test": digits["x_test"],
-            "y_test": digits["y_test"],
-            "baseline_accuracy": _baseline_accuracy(digits),
-        }
-    )
+    return {
+        "name": "train_digits_4_ranks",
+        "points": 10,
+        "inputs": {
+            "kind": "train",
+            "test": "train_digits_4_ranks",
+            "world_size": TRAIN_WORLD_SIZE,
+            "steps": TRAIN_STEPS,
+            "lr": TRAIN_LR,
+            "init": digits["init"],
+            "x_shards": digits["x_shards"],
+            "y_shards": digits["y_shards"],
+            "timeout": TRAIN_SPAWN_SECONDS,
+            "collective_timeout": COLLECTIVE_SECONDS,
+        },
+        "x_test": digits["x_test"],
+        "y_test": digits["y_test"],
+        "baseline_accuracy": _baseline_accuracy(digits),
+    }
+
+
+def cases(seed: int, *, device: str = "cpu") -> list[dict]:
+    """Every hidden test, generated from the secret seed so inputs cannot be memorised."""
+    gen = torch.Generator().manual_seed(seed)
+    out = _packing_cases(gen) + _compressor_cases(gen)
+    out.append(_allreduce_case(gen))
+    out.append(_train_case(seed))
     return out
 
 
 # --------------------------------------------------------------------------------------------
-# run: untrusted side, shipped alone into the sandbox
+# check: trusted, compares run.py's output with the references
 # --------------------------------------------------------------------------------------------
-
-
-def run(module, inputs: dict):
-    """Call the student's compression.py on one case; return plain data.
-
-    Self-contained on purpose: the runner ships only this function's source into the sandbox.
-    Errors in the student's code propagate and fail the case with their own type and message; a
-    rank that raises, dies or hangs fails it with ``labs.ranks``' message naming the rank.
-    """
-    import re
-
-    import torch
-
-    kind = inputs["kind"]
-
-    def need(name: str):
-        if not hasattr(module, name):
-            raise AttributeError(f"compression.py defines no {name}; the README lists the names to implement")
-        return getattr(module, name)
-
-    def tensor_out(value, what: str) -> torch.Tensor:
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{what} returned {type(value).__name__}, expected a torch.Tensor")
-        return value.detach().clone()
-
-    def compress(compressor, t: torch.Tensor) -> dict:
-        result = compressor.compress(t.clone())
-        if not isinstance(result, (tuple, list)) or len(result) != 2:
-            raise TypeError(f"ThreeLC.compress returned {type(result).__name__}, expected a (payload, meta) pair")
-        payload, meta = result
-        payload = tensor_out(payload, "ThreeLC.compress (the payload)")
-        if not isinstance(meta, dict) or "shape" not in meta or "scale" not in meta:
-            raise TypeError("ThreeLC.compress must return meta as a dict with keys 'shape' and 'scale'")
-        meta = {"shape": [int(d) for d in meta["shape"]], "scale": float(meta["scale"])}
-        residual = getattr(compressor, "residual", None)
-        residual = tensor_out(residual, "ThreeLC.residual") if residual is not None else None
-        return {"payload": payload, "meta": meta, "residual": residual}
-
-    def decompress(s: float, payload: torch.Tensor, meta: dict) -> torch.Tensor:
-        # A fresh compressor, the payload and only the documented meta: what a receiving rank has.
-        fresh = need("ThreeLC")(s)
-        meta = {"shape": list(meta["shape"]), "scale": meta["scale"]}
-        return tensor_out(fresh.decompress(payload.clone(), meta), "ThreeLC.decompress")
-
-    if kind == "codec":
-        import traceback
-
-        calling = [""]  # the call in progress, named in the error
-
-        def section(work) -> list | dict:
-            """One stage's calls; an error comes back as data, so that the other stages are still checked."""
-            try:
-                return work()
-            except Exception as exc:
-                if type(exc).__name__ == "ForbiddenCall":
-                    raise
-                frames = traceback.format_tb(exc.__traceback__)
-                frames = [f for f in frames if "lab_run.py" not in f and "grader.py" not in f][-2:] or frames[-1:]
-                return {"error": f"{type(exc).__name__}: {exc}", "call": calling[0], "where": "".join(frames)}
-
-        def each(name: str, items: list) -> list:
-            """``name(*item)`` for every item, as tensors."""
-            function, out = need(name), []
-            for item in items:
-                args = item if isinstance(item, list) else [item]
-                calling[0] = f"{name} on input {len(out) + 1} of {len(items)} ({args[0].numel()} values)"
-                out.append(tensor_out(function(*args), name))
-            return out
-
-        def pack():
-            return each("pack_base3", inputs["pack"])
-
-        def unpack():
-            return each("unpack_base3", [[p, int(n)] for p, n in inputs["unpack"]])
-
-        def encode():
-            return each("zero_run_encode", inputs["encode"])
-
-        def decode():
-            return each("zero_run_decode", inputs["decode"])
-
-        def roundtrip():
-            return each("zero_run_decode", each("zero_run_encode", inputs["roundtrip"]))
-
-        def compress_all():
-            sequences = []
-            for seq in inputs["compress"]:
-                compressor = need("ThreeLC")(seq["s"])
-                before = getattr(compressor, "residual", None)
-                steps = []
-                for k, t in enumerate(seq["tensors"]):
-                    calling[0] = f"ThreeLC({seq['s']}), call {k + 1}: compress(t) with t of shape {tuple(t.shape)}"
-                    step = compress(compressor, t)
-                    calling[0] = f"decompress(payload, meta) of that call's payload, meta {step['meta']}"
-                    step["decompressed"] = decompress(seq["s"], step["payload"], step["meta"])
-                    steps.append(step)
-                before = before if isinstance(before, torch.Tensor) else None
-                sequences.append({"residual_before": before, "steps": steps})
-            return sequences
-
-        stages = {
-            "pack": pack,
-            "unpack": unpack,
-            "encode": encode,
-            "decode": decode,
-            "roundtrip": roundtrip,
-            "compress": compress_all,
-        }
-        return {key: section(work) for key, work in stages.items() if key in inputs}
-
-    from labs import ranks
-
-    # A rank that hangs makes every later spawn wait out its timeout too: after one, skip the rest.
-    # (run's globals live as long as the job; the submission could clear this, only to wait longer.)
-    state = globals().setdefault("_grad_compression_state", {})
-    if state.get("hung"):
-        raise RuntimeError(f"not run: a rank hung in test '{state['hung']}'; fix that hang first")
-    forbidden = re.compile(r"raised ForbiddenCall: forbidden call: ([\w.]+)\(\)")
-
-    def spawn(fn, world: int, args: tuple):
-        try:
-            return ranks.spawn(
-                fn, world, args=args, timeout=inputs["timeout"], collective_timeout=inputs["collective_timeout"]
-            )
-        except ranks.RankFailed as exc:
-            found = forbidden.search(str(exc))
-            if found:
-                raise harness.forbidden(found.group(1)) from None  # noqa: F821 (global set by the runner)
-            if re.search(r"did not finish in time|Timed out waiting", str(exc)):
-                state["hung"] = inputs["test"]
-                raise RuntimeError(
-                    "A rank waited for a message that never came (a hang): e.g. every rank calls a blocking "
-                    "recv before its send, or the ranks disagree on how many messages to exchange. Post the "
-                    f"receives with irecv and the sends with isend, then wait for all of them.\n{exc}"
-                ) from None
-            raise
-
-    def guard_process_group() -> list[int]:
-        """In this rank: count the bytes every send puts on the wire, and refuse collectives.
-
-        Patched on the process-group classes, under the torch.distributed functions, so that
-        ``from torch.distributed import isend``, batch_isend_irecv and send_object_list all count,
-        and so that the group's own collective methods and the c10d ops are refused too.
-        """
-        c10d = torch._C._distributed_c10d
-        sent = [0]
-
-        def refuse(owner, attr: str, label: str) -> None:
-            def stub(*args, **kwargs):
-                raise harness.forbidden(label)  # noqa: F821
-
-            setattr(owner, attr, stub)
-
-        for cls in (c10d.ProcessGroup, c10d.Backend):
-            original_send = cls.send
-
-            def counting_send(self, tensors, *args, _send=original_send, **kwargs):
-                sent[0] += sum(t.numel() * t.element_size() for t in tensors)
-                return _send(self, tensors, *args, **kwargs)
-
-            cls.send = counting_send
-            for attr in (
-                "allreduce allreduce_coalesced allgather allgather_coalesced allgather_into_tensor_coalesced "
-                "_allgather_base all_gather_single all_gather_single_coalesced broadcast reduce reduce_scatter "
-                "reduce_scatter_single reduce_scatter_single_coalesced _reduce_scatter_base "
-                "reduce_scatter_tensor_coalesced alltoall alltoall_base all_to_all_single gather scatter"
-            ).split():
-                if attr in vars(cls):
-                    refuse(cls, attr, f"torch.distributed.{cls.__name__}.{attr}")
-        for op_name in torch._C._dispatch_get_all_op_names():
-            namespace, _, name = op_name.partition("::")
-            harmless = "barrier" in name or name in ("wait_tensor", "check_for_nan")
-            if namespace in ("c10d", "_c10d_functional", "_c10d_functional_autograd") and not harmless:
-                # Collectives, and the ops' own send/recv, which would go around the byte count.
-                refuse(getattr(torch.ops, namespace), name, f"torch.ops.{namespace}.{name}")
-        return sent
-
-    if kind == "allreduce":
-        allreduce = need("compressed_allreduce")
-        make = need("ThreeLC")
-
-        def on_rank(rank: int, world: int, group: dict):
-            sent = guard_process_group()
-            compressors = {}
-            calls = []
-            for call in group["calls"]:
-                name = call["tensor"]
-                if name not in compressors:
-                    compressors[name] = make(group["s"])
-                t = call["values"][rank].clone()
-                before = sent[0]
-                returned = allreduce(t, compressors[name])
-                residual = getattr(compressors[name], "residual", None)
-                calls.append(
-                    {
-                        "result": t.detach().clone(),
-                        "returned": returned.detach().clone() if isinstance(returned, torch.Tensor) else None,
-                        "residual": residual.detach().clone() if isinstance(residual, torch.Tensor) else None,
-                        "bytes": sent[0] - before,
-                    }
-                )
-            return calls
-
-        return [
-            {"world_size": g["world_size"], "ranks": spawn(on_rank, g["world_size"], (g,))} for g in inputs["groups"]
-        ]
-
-    if kind == "train":
-        import torch.nn.functional as F
-
-        allreduce = need("compressed_allreduce")
-        make = need("ThreeLC")
-        s = getattr(module, "SPARSITY_MULTIPLIER", 1.0)
-        if not isinstance(s, (int, float)) or isinstance(s, bool) or not 1.0 <= s < 2.0:
-            raise ValueError(f"SPARSITY_MULTIPLIER must be a number in [1, 2), got {s!r}")
-
-        def on_rank(rank: int, world: int):
-            sent = guard_process_group()
-            params = [p.clone().requires_grad_() for p in inputs["init"]]
-            # One bucket per step, as DDP does: the flat gradient of all parameters, one compressor.
-            compressor = make(float(s))
-            x, y = inputs["x_shards"][rank], inputs["y_shards"][rank]
-            for _ in range(inputs["steps"]):
-                w1, b1, w2, b2 = params
-                logits = torch.relu(x @ w1.t() + b1) @ w2.t() + b2
-                grads = torch.autograd.grad(F.cross_entropy(logits, y), params)
-                bucket = torch.cat([g.reshape(-1) for g in grads])
-                allreduce(bucket, compressor)
-                with torch.no_grad():
-                    for p, g in zip(params, bucket.split([p.numel() for p in params]), strict=True):
-                        p -= inputs["lr"] * g.reshape(p.shape)
-            return {"params": [p.detach().clone() for p in params], "bytes": sent[0]}
-
-        # The worker answers "skip" once any earlier test has failed: the training only counts (and
-        # costs its 4 ranks' time) for a compressor that passed everything else.
-        try:
-            harness.begin("train")  # noqa: F821
-        except Exception as exc:
-            if type(exc).__name__ == "NotTimed":
-                raise RuntimeError(
-                    "not run: the training run starts only once every other test passes; fix those first"
-                ) from None
-            raise
-        result = {"sparsity_multiplier": float(s), "ranks": spawn(on_rank, inputs["world_size"], ())}
-        harness.end("train")  # noqa: F821
-        return result
-
-    raise ValueError(f"unknown case kind {kind!r}")
-
-
-# --------------------------------------------------------------------------------------------
-# check: trusted, compares run()'s output with the references
-# --------------------------------------------------------------------------------------------
-
-
-def _field(output, key: str, where: str = "run()"):
-    if not isinstance(output, dict):
-        raise CheckFailed(f"{where} returned {type(output).__name__}, expected a dict; the result is malformed")
-    if key not in output:
-        raise CheckFailed(f"{where} returned a dict without key '{key}'; the result is malformed")
-    return output[key]
 
 
 def _show(t: torch.Tensor, limit: int = 12, unit: str = "bytes") -> str:
@@ -647,7 +377,7 @@ def _same_bytes(actual, expected: torch.Tensor, what: str, hint: str = "") -> No
 
 def _stage(output, key: str):
     """run()'s results for one stage, or the error that stage raised, as a failed check."""
-    value = _field(output, key)
+    value = field(output, key)
     if isinstance(value, dict) and "error" in value:
         where = str(value.get("where", "")).rstrip()
         raise CheckFailed(f"{value.get('call', key)} raised {value['error']}" + (f"\n{where}" if where else ""))
@@ -687,10 +417,10 @@ def _check_sequences(case: dict, output) -> None:
         raise CheckFailed("run() returned a malformed 'compress' list; the result is malformed")
     for seq, got in zip(case["inputs"]["compress"], sequences, strict=True):
         s = seq["s"]
-        before = _field(got, "residual_before")
+        before = field(got, "residual_before")
         if isinstance(before, torch.Tensor) and bool((before != 0).any()):
             raise CheckFailed(f"a new ThreeLC({s}) has a non-zero residual; start with None (or zeros)")
-        steps = _field(got, "steps")
+        steps = field(got, "steps")
         previous = None  # the submission's own residual after the previous call
         for k, (t, step) in enumerate(zip(seq["tensors"], steps, strict=True)):
             where = f"ThreeLC({s}), call {k + 1} of {len(seq['tensors'])} on a tensor of shape {tuple(t.shape)}"
@@ -700,8 +430,8 @@ def _check_sequences(case: dict, output) -> None:
 
 def _check_step(where: str, t: torch.Tensor, previous: torch.Tensor | None, step: dict, s: float) -> None:
     """One compress call, judged against its own input: payload, decompress, error feedback, quantization."""
-    payload, meta, decompressed = _field(step, "payload"), _field(step, "meta"), _field(step, "decompressed")
-    residual = _field(step, "residual")
+    payload, meta, decompressed = field(step, "payload"), field(step, "meta"), field(step, "decompressed")
+    residual = field(step, "residual")
     n = t.numel()
     if payload.dtype != torch.uint8 or payload.dim() != 1:
         raise CheckFailed(
@@ -785,7 +515,7 @@ def _check_allreduce(case: dict, output) -> None:
         raise CheckFailed("run() returned a malformed list of groups; the result is malformed")
     for group, got in zip(groups, output, strict=True):
         world, s, calls = group["world_size"], group["s"], group["calls"]
-        per_rank = _field(got, "ranks")
+        per_rank = field(got, "ranks")
         # The reference chain of every (tensor, rank) compressor.
         chains, position = {}, []
         for call in calls:
@@ -806,7 +536,7 @@ def _check_allreduce(case: dict, output) -> None:
             results = []
             for r in range(world):
                 record = per_rank[r][k]
-                result = _field(record, "result")
+                result = field(record, "result")
                 where = f"compressed_allreduce, {label}, rank {r}"
                 if torch.equal(result, values[r]) and not torch.equal(average, values[r]):
                     returned = " (it returned a tensor instead)" if record.get("returned") is not None else ""
@@ -819,12 +549,12 @@ def _check_allreduce(case: dict, output) -> None:
                     average,
                     f"{where}: t vs the average over ranks of decompress(payload) (each rank's own payload included)",
                 )
-                residual = _field(record, "residual")
+                residual = field(record, "residual")
                 if not isinstance(residual, torch.Tensor):
                     raise CheckFailed(f"{where}: compressor.residual is None after the call; compress with it")
                 _close(residual, steps[r]["residual"], f"{where}: compressor.residual after the call")
                 limit = (world - 1) * (math.ceil(values[r].numel() / 5) + HEADER_ALLOWANCE)
-                sent = _field(record, "bytes")
+                sent = field(record, "bytes")
                 if not isinstance(sent, int) or sent <= 0:
                     raise CheckFailed(
                         f"{where}: this rank sent {sent!r} bytes through torch.distributed send/isend; the "
@@ -850,12 +580,12 @@ def _check_allreduce(case: dict, output) -> None:
 
 
 def _check_training(case: dict, output) -> dict:
-    s = _field(output, "sparsity_multiplier")
-    per_rank = _field(output, "ranks")
+    s = field(output, "sparsity_multiplier")
+    per_rank = field(output, "ranks")
     world = case["inputs"]["world_size"]
     if not isinstance(per_rank, list) or len(per_rank) != world:
         raise CheckFailed("run() returned a malformed list of ranks; the result is malformed")
-    params = [_field(r, "params") for r in per_rank]
+    params = [field(r, "params") for r in per_rank]
     shapes = [tuple(p.shape) for p in case["inputs"]["init"]]
     for r, ps in enumerate(params):
         if not isinstance(ps, list) or [tuple(p.shape) for p in ps if isinstance(p, torch.Tensor)] != shapes:
@@ -876,7 +606,7 @@ def _check_training(case: dict, output) -> dict:
     accuracy = (predicted == case["y_test"]).double().mean().item()
     baseline = case["baseline_accuracy"]
     needed = baseline - ACCURACY_SLACK
-    sent = [_field(r, "bytes") for r in per_rank]
+    sent = [field(r, "bytes") for r in per_rank]
     if not all(isinstance(b, int) and b >= 0 for b in sent):
         raise CheckFailed("run() returned malformed byte counts; the result is malformed")
     total = sum(sent)

@@ -1,16 +1,22 @@
 """Grader for the ``ring_allreduce`` lab: all-reduce, reduce-scatter and all-gather over send/recv.
 
-Trust split (see docs/authoring-labs.md): ``cases`` and ``check`` run in the worker, where the
-exact sums are computed; ``run`` is shipped alone into the sandbox, so it imports what it needs inside its
-body and uses no other name from this file. ``run`` starts the ranks with ``labs.ranks`` (gloo
-over loopback, one forked process per rank); each rank hands its inputs to the student's
-function and sends back what came out, with the bytes it sent, for ``check`` to judge.
+Trust split (lab contract v2, docs/authoring-labs.md): ``cases``, ``call_inputs`` and ``check`` run
+in the worker, where the exact sums are computed; ``run.py`` is what runs in the sandbox. It starts
+the ranks with ``labs.ranks`` (gloo over loopback, one forked process per rank); each rank hands
+its inputs to the student's function and sends back what came out, with the bytes it sent, for
+``check`` to judge.
 
 The ranks are forks of one process, so each holds every rank's inputs in memory; a submission
 could read its peers' tensors there instead of receiving them. So each rank flips the signs of
 its inputs at random first, from a seed it draws after the fork and reports with its results
 (``_rank_inputs``): only that rank knows its actual inputs, and ``check`` rebuilds them to compute
-the exact answers.
+the exact answers. The timed calls do the same with a secret rotation (``_timed_sums``).
+
+The benchmark is a distributed timed case: the worker times each call of ``run.timed`` (every rank's
+``ring_allreduce`` on fresh tensors from ``call_inputs``) on its own clock, on a pool of 4 ranks in
+the student's process and, interleaved, on a pool running ``reference.py`` (gloo's own
+``all_reduce``) in a clean process the submission never reaches; the metric is the median of the
+per-pair ratios, and every timed call's result is checked here through its fingerprints.
 
 Contract (README.md): for ``p`` ranks and a tensor of ``N`` elements, chunk ``i`` is
 ``torch.tensor_split(t.reshape(-1), p)[i]`` (the first ``N % p`` chunks have one element more)
@@ -23,25 +29,27 @@ ring's ``2(p-1)/p * N`` elements for an all-reduce, or ``(p-1)/p * N`` for eithe
 
 from __future__ import annotations
 
-import statistics
+import math
 
 import torch
 
-from labs.grading import CheckFailed
+from labs.trusted import CheckFailed, check_timed_calls, field, timing_summary
 
-# Per-spawn limits (seconds). A correct solution needs well under a second for any correctness
+# Per-spawn limit (seconds). A correct solution needs well under a second for any correctness
 # run on 2 busy cores (the 1e6-element all-reduce on 4 ranks takes ~0.15 s), so 15 s only ever
-# trips on a hang; the benchmark spawn needs a few seconds and is capped by BENCH_CAP_SECONDS.
+# trips on a hang.
 SPAWN_TIMEOUT = 15.0
-BENCH_TIMEOUT = 45.0
-# Benchmark: interleaved (student, gloo) pairs after one warm-up pair; at least BENCH_MIN_ROUNDS,
-# then stop once the timed region has run BENCH_CAP_SECONDS (4 ranks on 2 busy cores: 0.07-0.2 s a pair).
+# Benchmark: a timed case on a pool of 4 ranks, 1,000,003 float32 elements per rank (not a multiple
+# of 4); timed pairs (student, gloo) after warm-up calls. A pair costs 50 to 150 ms on 2 busy cores,
+# the worker's drawing and writing of each call's 16 MB of inputs included.
 BENCH_WORLD_SIZE = 4
 BENCH_NUMEL = 1_000_003
-BENCH_MIN_ROUNDS = 5
-BENCH_MAX_ROUNDS = 10
-BENCH_CAP_SECONDS = 3.0
-BENCH_SAMPLES = 16  # positions of every timed output compared with the exact sum
+BENCH_CALLS = 20
+BENCH_WARMUP = 2
+# A timed call's result is compared through its dot product with a random float64 probe: a float32
+# sum in any order is off by at most 2(p-1) eps sum|x| per element, far less than 1e-6 of
+# sum |probe * sum| over a million elements; one chunk wrong or lost is off by about 1 / sqrt(p) of it.
+FINGERPRINT_RTOL = 1e-6
 # Bytes: the busiest rank may exceed the ring's per-rank volume by this factor, plus a little for
 # control messages (e.g. passing the chunk lengths around before an all-gather).
 BYTES_FACTOR = 1.05
@@ -99,7 +107,7 @@ def _gather_test(gen: torch.Generator, world_size: int, lengths: list[int], dtyp
 
 
 def _signs(gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    """+1 or -1 per element. run() draws the same in each rank: the two must stay identical."""
+    """+1 or -1 per element. run.py draws the same in each rank (_private): the two must stay identical."""
     return (torch.randint(0, 2, like.shape, generator=gen) * 2 - 1).to(like.dtype)
 
 
@@ -160,7 +168,7 @@ PLAN = [
 ]
 
 
-def cases(seed: int) -> list[dict]:
+def cases(seed: int, *, device: str = "cpu") -> list[dict]:
     """Every hidden test, generated from the secret seed so inputs cannot be memorised."""
     gen = torch.Generator().manual_seed(seed)
     out = []
@@ -180,323 +188,37 @@ def cases(seed: int) -> list[dict]:
             )
         inputs = {"kind": "collectives", "label": name, "runs": specs, "timeout": SPAWN_TIMEOUT}
         out.append({"name": name, "points": points, "inputs": inputs, **checks})
-    out.append(_benchmark_case(gen))
+    out.append(_benchmark_case())
     return out
 
 
-def _benchmark_case(gen: torch.Generator) -> dict:
-    p, n = BENCH_WORLD_SIZE, BENCH_NUMEL
-    tensors = [_values(gen, (n,), torch.float32) for _ in range(p)]
+def _benchmark_case() -> dict:
+    """The timed case: nothing secret in it; each call's tensors come from ``call_inputs``."""
     return {
         "name": "benchmark",
         "points": 0,
-        "inputs": {
-            "kind": "benchmark",
-            "label": "benchmark",
-            "timeout": BENCH_TIMEOUT,
-            "world_size": p,
-            "tensors": tensors,
-            "min_rounds": BENCH_MIN_ROUNDS,
-            "max_rounds": BENCH_MAX_ROUNDS,
-            "cap_seconds": BENCH_CAP_SECONDS,
-            "samples": BENCH_SAMPLES,
+        "inputs": {"kind": "benchmark", "numel": BENCH_NUMEL},
+        "timed": {
+            "calls": BENCH_CALLS,
+            "warmup": BENCH_WARMUP,
+            "reference": True,
+            "world_size": BENCH_WORLD_SIZE,
+            # "shift": the secret rotation each rank applied to its row (run.timed), read back here.
+            "outputs": {"out": [BENCH_NUMEL], "shift": [1]},
+            "dtype": "float64",  # the probes': see FINGERPRINT_RTOL
         },
     }
 
 
-# --------------------------------------------------------------------------------------------
-# run: untrusted side, shipped alone into the sandbox
-# --------------------------------------------------------------------------------------------
-
-
-def run(module, inputs: dict):
-    """Run the student's collectives on forked gloo ranks and return what each rank got.
-
-    Self-contained on purpose: the runner ships only this function's source into the sandbox.
-    In every rank, before the student's code runs, the collectives of the process group itself
-    (``ProcessGroup.allreduce`` ..., the ``torch.ops.c10d`` ops) are patched to raise as
-    lab.toml's ``forbidden`` names are, and ``ProcessGroup.send`` / ``Backend.send``, which every
-    ``dist.send``/``isend`` goes through, count the bytes each rank sends.
-    """
-    import mmap
-    import os
-    import re
-    import select
-    import threading
-    import time
-    from contextlib import contextmanager
-
-    import torch
-    import torch.distributed as dist
-    from torch._C._distributed_c10d import Backend, ProcessGroup
-
-    from labs import ranks
-
-    collective_methods = (
-        "allreduce allreduce_coalesced allgather allgather_coalesced allgather_into_tensor_coalesced "
-        "_allgather_base all_gather_single all_gather_single_coalesced reduce_scatter reduce_scatter_single "
-        "reduce_scatter_single_coalesced reduce_scatter_tensor_coalesced _reduce_scatter_base broadcast reduce "
-        "alltoall alltoall_base all_to_all_single gather scatter"
-    ).split()
-    # A hang makes every later spawn hang too; after the first, the remaining cases are skipped.
-    state = globals().setdefault("_ring_allreduce_state", {})
-    if state.get("hung"):
-        raise RuntimeError(f"not run: test '{state['hung']}' did not finish in time (a hang); fix that first")
-
-    if "targets" not in state:  # resolved once here, not in every forked rank (~20 ms each)
-        targets = [
-            (cls, attr, f"torch.distributed.{cls.__name__}.{attr}")
-            for cls in (ProcessGroup, Backend)
-            for attr in collective_methods
-        ]
-        for op_name in torch._C._dispatch_get_all_op_names():
-            namespace, _, name = op_name.partition("::")
-            if namespace in ("c10d", "_c10d_functional", "_c10d_functional_autograd") and "barrier" not in name:
-                getattr(getattr(torch.ops, namespace), name)  # creates the op's attribute on the namespace
-                targets.append((getattr(torch.ops, namespace), name, f"torch.ops.{namespace}.{name}"))
-        state["targets"] = targets
-
-    def guard_rank() -> tuple:
-        """Forbid the group's own collectives; count sent bytes. Returns (counter, unguarded)."""
-        patched = []
-        sent = {"bytes": 0}
-        for owner, attr, label in state["targets"]:
-            # The raw attribute (for a class, the pybind instancemethod, so that putting it back binds
-            # self again); ProcessGroup and Backend define every method they have themselves.
-            original = vars(owner).get(attr) if isinstance(owner, type) else getattr(owner, attr, None)
-            if original is None:
-                continue
-
-            def stub(*args, _label=label, **kwargs):
-                raise harness.forbidden(_label)  # noqa: F821 - the harness global of the sandbox
-
-            setattr(owner, attr, stub)
-            patched.append((owner, attr, original, stub))
-
-        def counting(original):
-            def send(self, tensors, *args, **kwargs):
-                sent["bytes"] += sum(t.numel() * t.element_size() for t in tensors)
-                return original(self, tensors, *args, **kwargs)
-
-            return send
-
-        ProcessGroup.send = counting(ProcessGroup.send)
-        Backend.send = counting(Backend.send)
-
-        @contextmanager
-        def unguarded():
-            """The grader's own gloo calls (the benchmark's reference) need the real methods."""
-            for owner, attr, original, _ in patched:
-                setattr(owner, attr, original)
-            try:
-                yield
-            finally:
-                for owner, attr, _, stub in patched:
-                    setattr(owner, attr, stub)
-
-        return sent, unguarded
-
-    def call_student(op: str, tensor):
-        """Call one of the student's functions; say what it returned, as plain data."""
-        if op == "allreduce":
-            returned = module.ring_allreduce(tensor)
-            result = {"value": tensor.detach().clone()}
-            if returned is None or returned is tensor:
-                result["returned"] = "t" if returned is tensor else "None"
-            elif isinstance(returned, torch.Tensor):
-                result["returned"], result["returned_value"] = "another tensor", returned.detach().clone()
-            else:
-                result["returned"] = type(returned).__name__
-            return result
-        function = module.ring_reduce_scatter if op == "reduce_scatter" else module.ring_allgather
-        returned = function(tensor)
-        if isinstance(returned, torch.Tensor):
-            return {"value": returned.detach().clone()}
-        return {"value": None, "returned": type(returned).__name__}
-
-    def private(tensors: list) -> tuple:
-        """This rank's own inputs: random sign flips only this process knows (grader._rank_inputs
-        rebuilds them from the seed), so peers' tensors, also in this forked memory, are no use."""
-        seed = int.from_bytes(os.urandom(7), "little")
-        gen = torch.Generator().manual_seed(seed)
-        signed = []
-        for tensor in tensors:
-            signs = (torch.randint(0, 2, tensor.shape, generator=gen) * 2 - 1).to(tensor.dtype)
-            signed.append(tensor * signs)
-        return seed, signed
-
-    def on_rank(rank: int, world_size: int, tests: list, progress) -> dict:
-        sent, _ = guard_rank()
-        seed, mine = private([test["tensors"][rank] for test in tests])
-        results = []
-        for index, test in enumerate(tests):
-            progress[2 * rank : 2 * rank + 2] = (index + 1).to_bytes(2, "little")  # for a hang's message
-            dist.barrier()  # one test's messages never mix with the next one's, nor its byte count
-            before = sent["bytes"]
-            try:
-                result = call_student(test["op"], mine[index])
-            except BaseException as exc:
-                exc.add_note(f"(in test: {test['what']})")
-                raise
-            result["bytes"] = sent["bytes"] - before
-            results.append(result)
-        return {"seed": seed, "tests": results}
-
-    def bench_rank(rank: int, world_size: int, pipes: dict) -> dict:
-        sent, unguarded = guard_rank()
-        all_reduce = harness.original("torch.distributed.all_reduce")  # noqa: F821
-        broadcast = harness.original("torch.distributed.broadcast")  # noqa: F821
-        seed, (base,) = private([inputs["tensors"][rank]])
-        clock = time.perf_counter
-        # One list per field, one entry per timed call, in the order pair() records them.
-        out = {key: [] for key in ("student_s", "gloo_s", "bytes", "shift", "bits", "positions", "samples", "sum")}
-
-        def pair(shift: int) -> None:
-            mine = torch.roll(base, shift)  # fresh contents every call: nothing to cache
-            reference = mine.clone()
-            dist.barrier()
-            before, start = sent["bytes"], clock()
-            module.ring_allreduce(mine)
-            student_s, sent_bytes = clock() - start, sent["bytes"] - before
-            # Fingerprint the output at once: work left running in the background after the call
-            # returned would show here as a wrong result, not as time charged to gloo.
-            picker = torch.Generator().manual_seed(int.from_bytes(os.urandom(7), "little"))
-            positions = torch.randint(0, mine.numel(), (int(inputs["samples"]),), generator=picker)
-            bits, samples, total = int(mine.view(torch.int32).sum()), mine[positions].clone(), mine.double().sum()
-            with unguarded():
-                dist.barrier()
-                start = clock()
-                all_reduce(reference)
-                gloo_s = clock() - start
-            record = (student_s, gloo_s, sent_bytes, shift, bits, positions, samples, total.item())
-            for key, value in zip(out, record, strict=True):
-                out[key].append(value)
-
-        pair(0)  # warm-up, outside the timed region
-        for values in out.values():
-            values.clear()
-        os.write(pipes["ready"], b"r")
-        if os.read(pipes["go"], 1) != b"g":
-            return {"skipped": True}
-        began = clock()
-        for shift in range(1, int(inputs["max_rounds"]) + 1):
-            pair(shift)
-            stop = torch.tensor([1 if clock() - began > float(inputs["cap_seconds"]) else 0])
-            with unguarded():
-                broadcast(stop, 0)  # every rank runs the same number of rounds: rank 0 decides
-            if shift >= int(inputs["min_rounds"]) and int(stop.item()):
-                break
-        out["seed"] = seed
-        os.write(pipes["done"], b"d")
-        return out
-
-    def benchmark() -> list:
-        """The timed all-reduces run in the ranks; the worker's clock must enclose them, and only
-        this process can talk to the worker, so a thread here brackets them with harness.begin/end
-        while the ranks wait on pipes."""
-        world_size = int(inputs["world_size"])
-        ready_r, ready_w = os.pipe()
-        go_r, go_w = os.pipe()
-        done_r, done_w = os.pipe()
-        stop = threading.Event()
-        outcome = {}
-        timeout = float(inputs["timeout"])
-        deadline = time.monotonic() + timeout
-
-        def gather_bytes(fd: int) -> bool:
-            count = 0
-            while count < world_size:
-                if stop.is_set() or time.monotonic() > deadline:
-                    return False
-                if select.select([fd], [], [], 0.05)[0]:
-                    count += len(os.read(fd, world_size - count))
-            return True
-
-        def coordinate() -> None:
-            if not gather_bytes(ready_r):
-                return
-            try:
-                harness.begin("allreduce")  # noqa: F821
-            except Exception as exc:  # noqa: BLE001 - "not timed" when a correctness test failed
-                outcome["error"] = exc
-                os.write(go_w, b"s" * world_size)
-                return
-            os.write(go_w, b"g" * world_size)
-            if gather_bytes(done_r):
-                harness.end("allreduce")  # noqa: F821
-
-        coordinator = threading.Thread(target=coordinate, daemon=True)
-        coordinator.start()
-        pipes = {"ready": ready_w, "go": go_r, "done": done_w}
-        try:
-            results = ranks.spawn(
-                bench_rank, world_size, args=(pipes,), timeout=timeout, collective_timeout=timeout + 10
-            )
-        finally:
-            stop.set()
-            coordinator.join()
-            for fd in (ready_r, ready_w, go_r, go_w, done_r, done_w):
-                os.close(fd)
-        if "error" in outcome:
-            raise outcome["error"]
-        return results
-
-    in_flight = {}  # the spawn running now: its tests, and how far each rank got through them
-
-    def spawn_tests(spec: dict) -> list:
-        # Anonymous and shared across fork: each rank writes the number of the test it is in.
-        progress = mmap.mmap(-1, 2 * spec["world_size"])
-        in_flight.update(tests=spec["tests"], progress=progress, world_size=spec["world_size"])
-        timeout = float(inputs["timeout"])
-        # gloo's own timeout is longer, so that the spawn's deadline names a hang first.
-        return ranks.spawn(
-            on_rank,
-            spec["world_size"],
-            args=(spec["tests"], progress),
-            timeout=timeout,
-            collective_timeout=timeout + 10,
-        )
-
-    try:
-        if inputs["kind"] == "benchmark":
-            return {"ranks": benchmark()}
-        return {"runs": [spawn_tests(spec) for spec in inputs["runs"]]}
-    except ranks.RankFailed as exc:
-        text = str(exc)
-        forbidden = re.search(r"forbidden call: ([\w.]+)\(\)", text)
-        if forbidden:
-            raise harness.forbidden(forbidden.group(1)) from None  # noqa: F821
-        if in_flight:
-            progress = in_flight["progress"]
-            reached = {int.from_bytes(progress[2 * r : 2 * r + 2], "little") for r in range(in_flight["world_size"])}
-            names = [in_flight["tests"][i - 1]["what"] for i in sorted(reached) if i > 0]
-            if names:
-                text += "\n(the ranks were in: " + "; ".join(names) + ")"
-        if "did not finish in time" in text:
-            state["hung"] = inputs["label"]
-            text += (
-                "\n(with gloo, dist.send returns only once the receiver has posted the matching recv: if every rank "
-                "sends before it receives, nobody receives. Post the send with dist.isend, then recv, then wait on "
-                "the send; and check that every recv has a matching send of the same length)"
-            )
-        if "SIGABRT" in text:
-            text += (
-                "\n(gloo aborts a process whose recv gets a different number of bytes than the matching send "
-                "sent: see the job output for 'Received data size doesn't match'; do sender and receiver agree "
-                "on every chunk's length?)"
-            )
-        raise ranks.RankFailed(text, failures=exc.failures) from None
+def call_inputs(case: dict, seed: int) -> dict:
+    """One timed call's fresh inputs: row ``r`` of ``x`` is rank ``r``'s tensor."""
+    gen = torch.Generator().manual_seed(seed)
+    return {"x": torch.randn(BENCH_WORLD_SIZE, case["inputs"]["numel"], generator=gen)}
 
 
 # --------------------------------------------------------------------------------------------
-# check: trusted, compares run()'s output with the exact answers
+# check: trusted, compares run.py's output with the exact answers
 # --------------------------------------------------------------------------------------------
-
-
-def _field(output, key: str, where: str):
-    if not isinstance(output, dict) or key not in output:
-        raise CheckFailed(f"{where}: run() returned no '{key}'; the result is malformed")
-    return output[key]
 
 
 def _list(value, length: int, where: str) -> list:
@@ -546,7 +268,7 @@ def _compare(value, exact: torch.Tensor, abs_sum, dtype: torch.dtype, where: str
 
 
 def _check_allreduce(result, t_before: torch.Tensor, exact, abs_sum, where: str, world_size: int) -> torch.Tensor:
-    value = _field(result, "value", where)
+    value = field(result, "value", where)
     returned = result.get("returned")
     if returned not in ("t", "None"):
         if isinstance(value, torch.Tensor) and torch.equal(value, t_before):
@@ -591,7 +313,7 @@ def _check_bytes(op: str, rank_results: list, spec: dict, where: str) -> None:
     numel = sum(t.numel() for t in spec["tensors"]) if op == AG else spec["tensors"][0].numel()
     element_size = spec["tensors"][0].element_size()
     ideal = _ideal_bytes(op, numel, world_size, element_size)
-    sent = [int(_field(r, "bytes", where)) for r in rank_results]
+    sent = [int(field(r, "bytes", where)) for r in rank_results]
     busiest = max(range(world_size), key=lambda r: sent[r])
     if sent[busiest] <= BYTES_FACTOR * ideal + BYTES_SLACK:
         return
@@ -627,7 +349,7 @@ def _check_test(spec: dict, tensors: list[torch.Tensor], results: list, case: di
         if op == AR:
             values.append(_check_allreduce(result, tensors[rank], exact, abs_sum, where, world_size))
             continue
-        value = _field(result, "value", where)
+        value = field(result, "value", where)
         if value is None:
             raise CheckFailed(f"{where}: {OPS[op]} returned {result.get('returned')}, expected a tensor")
         if op == RS:
@@ -647,85 +369,86 @@ def _check_test(spec: dict, tensors: list[torch.Tensor], results: list, case: di
 
 
 def _check_collectives(case: dict, output) -> None:
-    runs = _list(_field(output, "runs", case["name"]), len(case["inputs"]["runs"]), case["name"])
+    runs = _list(field(output, "runs", case["name"]), len(case["inputs"]["runs"]), case["name"])
     for spec_run, rank_outputs in zip(case["inputs"]["runs"], runs, strict=True):
         world_size, tests = spec_run["world_size"], spec_run["tests"]
         rank_outputs = _list(rank_outputs, world_size, f"{case['name']}: ranks")
         inputs, results = [], []
         for rank, rank_output in enumerate(rank_outputs):
-            seed = _field(rank_output, "seed", f"rank {rank}")
+            seed = field(rank_output, "seed", f"rank {rank}")
             if not isinstance(seed, int) or not 0 <= seed < 2**63:
                 raise CheckFailed(f"rank {rank}: run() returned a malformed seed; the result is malformed")
             inputs.append(_rank_inputs([test["tensors"][rank] for test in tests], seed))
-            results.append(_list(_field(rank_output, "tests", f"rank {rank}"), len(tests), f"rank {rank}"))
+            results.append(_list(field(rank_output, "tests", f"rank {rank}"), len(tests), f"rank {rank}"))
         for index, spec in enumerate(tests):
             tensors = [inputs[rank][index] for rank in range(world_size)]
             _check_test(spec, tensors, [results[rank][index] for rank in range(world_size)], case)
 
 
+def _timed_shifts(case: dict, output) -> dict[int, list[int]]:
+    """The secret rotation each rank applied in each timed call (``run.timed`` reports it as the
+    output ``shift``, whose fingerprint is the rotation times its probe), keyed by ``id`` of the
+    call's inputs."""
+    runtime = case["runtime"]
+    calls = field(output, "calls", "the benchmark")
+    if not isinstance(calls, list) or len(calls) != len(runtime["inputs"]):
+        raise CheckFailed("benchmark: the fingerprints of the timed calls are missing; the result is malformed")
+    probe = float(runtime["probes"]["shift"].reshape(-1)[0])
+    numel = case["inputs"]["numel"]
+    shifts = {}
+    for number, (inputs, fingerprint) in enumerate(zip(runtime["inputs"], calls, strict=True)):
+        found = []
+        for rank in range(BENCH_WORLD_SIZE):
+            value = fingerprint.get(f"shift@{rank}") if isinstance(fingerprint, dict) else None
+            shift = value / probe if isinstance(value, float) and probe != 0.0 else math.nan
+            if not math.isfinite(shift) or abs(shift - round(shift)) > 1e-3 or not 0 <= round(shift) < numel:
+                raise CheckFailed(
+                    f"benchmark: timed call {number + 1}: rank {rank} reported no usable rotation; the result is "
+                    "malformed"
+                )
+            found.append(round(shift))
+        shifts[id(inputs)] = found
+    return shifts
+
+
+def _timed_sums(x: torch.Tensor, shifts: list[int]) -> dict[str, torch.Tensor]:
+    """Every rank's expected result of one timed call: the sum of the ranks' rows, each rotated by
+    the rank's own secret shift (so a rank cannot add up its peers' rows from the call's inputs)."""
+    total = sum(torch.roll(x[rank].double(), shift) for rank, shift in enumerate(shifts))
+    return {f"out@{rank}": total for rank in range(len(shifts))}
+
+
 def _check_benchmark(case: dict, output) -> dict:
-    inputs = case["inputs"]
-    world_size, numel = inputs["world_size"], inputs["tensors"][0].numel()
-    rank_results = _list(_field(output, "ranks", "benchmark"), world_size, "benchmark ranks")
-    keys = ("student_s", "gloo_s", "bytes", "shift", "bits", "positions", "samples", "sum")
-    rounds = len(_field(rank_results[0], "student_s", "benchmark"))
-    for rank, result in enumerate(rank_results):
-        for key in keys:
-            _list(_field(result, key, f"benchmark, rank {rank}"), rounds, f"benchmark, rank {rank}, {key}")
-        for key in ("student_s", "gloo_s"):
-            if not all(isinstance(v, float) and 0 < v < 1e4 for v in result[key]):
-                raise CheckFailed(f"benchmark: rank {rank} reported malformed timings")
-    if rounds < inputs["min_rounds"]:
-        raise CheckFailed(f"benchmark: only {rounds} timed rounds, expected at least {inputs['min_rounds']}")
-    # Every timed output: bit-identical across ranks, and equal to the exact sum where sampled.
-    seeds = [_field(result, "seed", f"benchmark, rank {rank}") for rank, result in enumerate(rank_results)]
-    if not all(isinstance(seed, int) and 0 <= seed < 2**63 for seed in seeds):
-        raise CheckFailed("benchmark: run() returned a malformed seed; the result is malformed")
-    exact, abs_sum = _sums([_rank_inputs([t], seeds[rank])[0] for rank, t in enumerate(inputs["tensors"])])
-    tolerance = 2 * (world_size - 1) * EPS[torch.float32] * abs_sum
-    total_tolerance = float(tolerance.sum()) + 1e-6 * float(abs_sum.sum())
-    for r in range(rounds):
-        shift = int(rank_results[0]["shift"][r])
-        if len({result["bits"][r] for result in rank_results}) != 1:
-            raise CheckFailed(f"benchmark: timed call {r + 1}: the ranks' results are not bit-identical")
-        for rank, result in enumerate(rank_results):
-            source = (result["positions"][r].long() - shift) % numel
-            off = (result["samples"][r].double() - exact[source]).abs() > tolerance[source]
-            if int(result["shift"][r]) != shift or bool(off.any()):
-                raise CheckFailed(f"benchmark: timed call {r + 1}: rank {rank}'s result is wrong")
-            if abs(float(result["sum"][r]) - float(exact.sum())) > total_tolerance:
-                raise CheckFailed(f"benchmark: timed call {r + 1}: rank {rank}'s result is wrong (its sum differs)")
-    # The worker's own clock around the timed region bounds what the ranks may report.
-    envelope = case.get("runtime", {}).get("envelopes", {}).get("allreduce")
-    if not isinstance(envelope, (int, float)) or envelope <= 0:
-        raise CheckFailed("benchmark: the worker did not see the timed region begin and end; result malformed")
-    reported = max(sum(result["student_s"]) + sum(result["gloo_s"]) for result in rank_results)
-    if reported > envelope * 1.05 + 0.01 or reported < 0.2 * envelope:
-        raise CheckFailed(
-            f"benchmark: the ranks report {reported:.3f} s of timed calls, but the worker measured "
-            f"{envelope:.3f} s around them: the clock was tampered with"
-        )
-    student = [max(result["student_s"][r] for result in rank_results) for r in range(rounds)]
-    gloo = [max(result["gloo_s"][r] for result in rank_results) for r in range(rounds)]
-    ratio = statistics.median(s / g for s, g in zip(student, gloo, strict=True))
-    element_size = inputs["tensors"][0].element_size()
-    ideal = _ideal_bytes(AR, numel, world_size, element_size)
-    busiest = max(int(b) for result in rank_results for b in result["bytes"])
-    message = (
-        f"ring_allreduce took {ratio:.2f}x the time of gloo's all_reduce (median of {rounds} interleaved pairs on "
-        f"{world_size} ranks, {numel:,} float32 elements: {statistics.median(student) * 1e3:.1f} ms vs "
-        f"{statistics.median(gloo) * 1e3:.1f} ms); the busiest rank sent {busiest / 1e6:.2f} MB per call, "
-        f"{busiest / ideal:.2f}x the ring's 2(p-1)/p*N*{element_size} B = {ideal / 1e6:.2f} MB"
+    shifts = _timed_shifts(case, output)
+    check_timed_calls(
+        case,
+        output,
+        lambda inputs: _timed_sums(inputs["x"], shifts[id(inputs)]),
+        rtol=FINGERPRINT_RTOL,
+        atol=0.0,
+        what="ring_allreduce in timed call",
     )
-    return {"metric": ratio, "message": message}
+    for number, fingerprint in enumerate(output["calls"]):
+        if len({fingerprint[f"out@{rank}"] for rank in range(BENCH_WORLD_SIZE)}) != 1:
+            raise CheckFailed(
+                f"benchmark: timed call {number + 1}: the ranks' results are not bit-identical (their fingerprints "
+                "differ); every rank must end with the same bits"
+            )
+    summary = timing_summary(case)
+    numel = case["inputs"]["numel"]
+    return {
+        "metric": summary["ratio"],
+        "message": f"ring_allreduce on {BENCH_WORLD_SIZE} ranks, {numel:,} float32 elements, against gloo's "
+        f"all_reduce: {summary['message']}",
+    }
 
 
 def check(case: dict, output) -> dict | None:
     """Compare one case's output with the exact answers; raise CheckFailed saying what is wrong."""
+    if "timed" in case:
+        return _check_benchmark(case, output)
     kind = case["inputs"]["kind"]
     if kind == "collectives":
         _check_collectives(case, output)
         return None
-    if kind == "benchmark":
-        return _check_benchmark(case, output)
     raise CheckFailed(f"internal grader error: unknown case kind {kind!r}")

@@ -10,6 +10,7 @@ import torch
 
 from gpu_runner import timing
 from gpu_runner.jobfolder import JobFolder
+from tests.conftest import FIXTURE_LABS
 from tests.gpu_runner.conftest import grade_source
 
 LIMITS = {"wall_seconds": 30}
@@ -148,3 +149,52 @@ def affine(x, w, b):
         limits=LIMITS,
     )
     assert _tests(result)["metered"]["message"] == "the worker counted 3 trials; run() said 3"
+
+
+CORRECT_ALLSUM = (FIXTURE_LABS / "ring_lab" / "solutions" / "correct" / "sol.py").read_text()
+
+
+def test_a_distributed_timed_case_runs_its_calls_on_a_pool_of_ranks_against_gloo_in_a_clean_process():
+    # The submission would make gloo's all_reduce hang, were it ever loaded where the reference
+    # runs (the red team slowed it this way when it was timed in the student's process).
+    result, _ = grade_source(
+        CORRECT_ALLSUM
+        + """
+import time
+import torch.distributed.distributed_c10d as c10d
+
+def stall(*args, **kwargs):
+    time.sleep(3600)
+
+c10d.ProcessGroup.allreduce = stall
+""",
+        lab="ring_lab",
+        limits={"wall_seconds": 40},
+    )
+    assert (result["verdict"], result["score"]) == ("succeeded", 100.0), result["summary"]
+    assert "over 6 interleaved pairs" in _tests(result)["benchmark"]["message"]
+
+
+def test_a_rank_that_skips_its_share_in_a_timed_call_is_caught_and_named():
+    result, _ = grade_source(
+        CORRECT_ALLSUM.replace(
+            "    t.copy_(total)", "    if t.numel() != 100_000 or rank == 0:\n        t.copy_(total)"
+        ),
+        lab="ring_lab",
+        limits={"wall_seconds": 40},
+    )
+    message = _tests(result)["benchmark"]["message"]
+    assert result["verdict"] == "failed" and "returned a wrong 'out@1'" in message, message
+
+
+def test_a_rank_that_raises_in_a_timed_call_is_named():
+    result, _ = grade_source(
+        CORRECT_ALLSUM.replace(
+            "    t.copy_(total)",
+            "    if t.numel() == 100_000 and rank == 1:\n        raise OSError('rank 1 gives up')\n    t.copy_(total)",
+        ),
+        lab="ring_lab",
+        limits={"wall_seconds": 40},
+    )
+    message = _tests(result)["benchmark"]["message"]
+    assert "rank 1 of 2: raised OSError: rank 1 gives up" in message, message

@@ -4,13 +4,17 @@ through the real runner by tests/labs/test_lab_check.py."""
 
 from __future__ import annotations
 
+import ast
+import sys
+
 import pytest
 import torch
 
 from labs.catalog import find_lab
-from labs.grading import CheckFailed
+from labs.trusted import CheckFailed
 
-GRADER = find_lab("grad_compression").load_grader()
+LAB = find_lab("grad_compression")
+GRADER = LAB.load_grader()
 Z = GRADER.ZERO_BYTE
 
 
@@ -86,3 +90,36 @@ def test_check_step_accepts_the_reference():
         "residual": ref["residual"],
     }
     GRADER._check_step("call 1", t, None, step, 1.25)
+
+
+def test_the_held_out_split_stays_with_the_grader():
+    case = next(c for c in GRADER.cases(3) if c["name"] == "train_digits_4_ranks")
+    inputs = case["inputs"]
+    assert "x_test" not in inputs and "y_test" not in inputs and len(case["y_test"]) == GRADER.DIGITS_TEST_SIZE
+    train = torch.cat(inputs["x_shards"])
+    shared = (train[:, None, :] == case["x_test"][None, :, :]).all(dim=2).any(dim=0)
+    assert not shared.any()  # no held-out image is among the ranks' shards
+
+
+# What run.py may import in the sandbox (docs/authoring-labs.md, lab contract v2): the standard
+# library, torch, numpy and the runner's lib/ (kernels.bench, labs.sandboxed, labs.ranks).
+SANDBOX_IMPORTS = ("__future__", "torch", "numpy", "kernels.bench", "labs.sandboxed", "labs.ranks")
+
+
+def test_run_py_is_a_module_that_imports_only_what_the_sandbox_ships():
+    tree = ast.parse(LAB.run_module.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for imported in names:
+            allowed = imported.partition(".")[0] in sys.stdlib_module_names or any(
+                imported == prefix or imported.startswith(prefix + ".") for prefix in SANDBOX_IMPORTS
+            )
+            assert allowed, imported
+    assert "run" in {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    calls = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    assert not calls & {"exec", "eval", "globals"}

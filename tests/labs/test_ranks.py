@@ -113,3 +113,29 @@ def _returns_a_function(rank, world_size):
 def test_results_that_are_not_plain_data_fail_with_a_message(no_child_left):
     with pytest.raises(ranks.RankFailed, match="returned data that cannot be sent back"):
         ranks.spawn(_returns_a_function, 2, timeout=30)
+
+
+def _serve_sum(rank, world_size, message):
+    """Each call: every rank adds its contribution to the message's value over the group."""
+    total = torch.tensor([float(message["value"]) * (rank + 1)])
+    dist.all_reduce(total)
+    if message.get("fail_on") == rank:
+        raise ValueError(f"rank {rank} refuses")
+    return float(total.item())
+
+
+def test_a_pool_serves_many_calls_on_one_group_and_closes_cleanly(no_child_left):
+    with ranks.Pool(3, _serve_sum, collective_timeout=20) as pool:
+        children = {child.pid for child in pool.children}
+        assert pool.ask({"value": 1.0}, timeout=20) == [6.0, 6.0, 6.0]
+        assert pool.ask({"value": 2.0}, timeout=20) == [12.0, 12.0, 12.0]
+        assert {child.pid for child in pool.children} == children  # the same ranks, not new ones
+
+
+def test_a_failing_call_names_the_rank_and_closes_the_pool(no_child_left):
+    with ranks.Pool(2, _serve_sum, collective_timeout=20) as pool:
+        with pytest.raises(ranks.RankFailed, match="rank 1 of 2: raised ValueError: rank 1 refuses"):
+            pool.ask({"value": 1.0, "fail_on": 1}, timeout=20)
+        assert pool.children == []
+        with pytest.raises(ranks.RankFailed, match="the ranks are gone"):
+            pool.ask({"value": 1.0}, timeout=5)

@@ -1,14 +1,18 @@
 """The trusted half of the ring_allreduce grader, without the sandbox: the cases it generates and
-what check() says about outputs shaped like run()'s. The shipped solutions, graded through the
-real runner by tests/labs/test_lab_check.py, prove the sandbox half."""
+what check() says about outputs shaped like run.py's, and the timed benchmark's check of the
+worker's times and fingerprints. The shipped solutions, graded through the real runner by
+tests/labs/test_lab_check.py, prove the sandbox half."""
 
 from __future__ import annotations
+
+import ast
+import sys
 
 import pytest
 import torch
 
 from labs.catalog import find_lab
-from labs.grading import CheckFailed
+from labs.trusted import CheckFailed
 
 LAB = find_lab("ring_allreduce")
 GRADER = LAB.load_grader()
@@ -67,24 +71,47 @@ def test_cases_follow_the_catalog_and_keep_answers_out_of_the_inputs(cases):
     assert world_sizes == {2, 3, 4} and LAB.world_size == 4
     sizes = {t["tensors"][0].numel() for case in cases[:-1] for run in case["inputs"]["runs"] for t in run["tests"]}
     assert {1, 7, 1_000_000} <= sizes
-    assert all(
-        set(case["inputs"])
-        <= {
-            "kind",
-            "label",
-            "runs",
-            "timeout",
-            "world_size",
-            "tensors",
-            "min_rounds",
-            "max_rounds",
-            "cap_seconds",
-            "samples",
-        }
-        for case in cases
-    )
+    assert all(set(case["inputs"]) == {"kind", "label", "runs", "timeout"} for case in cases[:-1])
     assert "torch.distributed.all_reduce" in LAB.forbidden
     assert "torch.distributed.distributed_c10d.all_reduce" in LAB.forbidden
+
+
+def test_the_benchmark_is_a_distributed_timed_case_against_gloo_with_fresh_tensors_per_call(cases):
+    case = cases[-1]
+    assert case["inputs"] == {"kind": "benchmark", "numel": 1_000_003}  # nothing secret: every call sees it
+    timed = case["timed"]
+    assert timed["reference"] and timed["world_size"] == 4 and timed["calls"] >= 10
+    assert timed["outputs"] == {"out": [1_000_003], "shift": [1]}
+    first, second = GRADER.call_inputs(case, 1), GRADER.call_inputs(case, 2)
+    assert first["x"].shape == (4, 1_000_003) and first["x"].dtype == torch.float32
+    assert not torch.equal(first["x"], second["x"]) and torch.equal(first["x"], GRADER.call_inputs(case, 1)["x"])
+    assert LAB.reference_module is not None
+
+
+# What run.py may import in the sandbox (docs/authoring-labs.md, lab contract v2): the standard
+# library, torch, numpy and the runner's lib/ (kernels.bench, labs.sandboxed, labs.ranks).
+SANDBOX_IMPORTS = ("__future__", "torch", "numpy", "kernels.bench", "labs.sandboxed", "labs.ranks")
+
+
+@pytest.mark.parametrize("name", ["run.py", "reference.py"])
+def test_run_py_and_reference_py_are_modules_that_import_only_what_the_sandbox_ships(name):
+    tree = ast.parse((LAB.path / name).read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for imported in names:
+            allowed = imported.partition(".")[0] in sys.stdlib_module_names or any(
+                imported == prefix or imported.startswith(prefix + ".") for prefix in SANDBOX_IMPORTS
+            )
+            assert allowed, imported
+    functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    assert functions >= ({"run", "timed"} if name == "run.py" else {"ring_allreduce"})
+    calls = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    assert not calls & {"exec", "eval", "globals"}
 
 
 def test_each_rank_flips_its_own_signs_so_peers_cannot_read_its_inputs(cases):
@@ -162,53 +189,72 @@ def test_a_new_tensor_instead_of_an_in_place_sum_is_named(cases):
         GRADER.check(case, output)
 
 
-@pytest.fixture(scope="module")
-def bench_case(cases) -> dict:
-    """The benchmark case cut to 1,003 elements per rank: check() takes the size from the inputs."""
-    case = cases[-1]
-    return {**case, "inputs": {**case["inputs"], "tensors": [t[:1003].clone() for t in case["inputs"]["tensors"]]}}
+SMALL = 1003  # the benchmark's check takes the size from the case: a small one keeps these tests fast
 
 
-def benchmark_output(case: dict, student: float, gloo: float, rounds: int = 5) -> dict:
-    tensors = case["inputs"]["tensors"]
-    inputs = [GRADER._rank_inputs([t], 100 + rank)[0] for rank, t in enumerate(tensors)]
-    total = torch.stack([t.double() for t in inputs]).sum(0).to(torch.float32)
-    ranks = []
-    for rank in range(len(tensors)):
-        result = {key: [] for key in ("student_s", "gloo_s", "bytes", "shift", "bits", "positions", "samples", "sum")}
-        result["seed"] = 100 + rank
-        for shift in range(1, rounds + 1):
-            positions = torch.tensor([0, 17, 1002])
-            rolled = torch.roll(total, shift)
-            result["student_s"].append(student)
-            result["gloo_s"].append(gloo)
-            result["bytes"].append(6018)
-            result["shift"].append(shift)
-            result["bits"].append(int(rolled.view(torch.int32).sum()))
-            result["positions"].append(positions)
-            result["samples"].append(rolled[positions].clone())
-            result["sum"].append(rolled.double().sum().item())
-        ranks.append(result)
-    return {"ranks": ranks}
+def bench_case(cases, *, calls: int = 4, student: float = 0.03, gloo: float = 0.02) -> dict:
+    """The benchmark case as check() gets it after the timing phase, on SMALL elements per rank."""
+    case = {**cases[-1], "inputs": {**cases[-1]["inputs"], "numel": SMALL}}
+    gen = torch.Generator().manual_seed(5)
+    case["runtime"] = {
+        "seconds": [student] * calls,
+        "reference_seconds": [gloo] * calls,
+        "inputs": [GRADER.call_inputs(case, seed) for seed in range(calls)],
+        "probes": {"out": torch.randn(SMALL, generator=gen, dtype=torch.float64), "shift": torch.tensor([0.37])},
+        "frozen": True,
+    }
+    return case
 
 
-def test_the_benchmark_reports_the_median_ratio_and_the_bytes(bench_case):
-    output = benchmark_output(bench_case, student=0.06, gloo=0.04)
-    verdict = GRADER.check({**bench_case, "runtime": {"envelopes": {"allreduce": 0.6}}}, output)
+def fingerprints(case: dict, shifts: list[list[int]]) -> dict:
+    """What an honest student's ranks report: each rank's result and its shift, dotted with the probes."""
+    runtime, calls = case["runtime"], []
+    for inputs, call_shifts in zip(runtime["inputs"], shifts, strict=True):
+        x = inputs["x"]
+        total = sum(torch.roll(x[r], s) for r, s in enumerate(call_shifts))  # float32, in some order
+        fingerprint = {}
+        for rank, shift in enumerate(call_shifts):
+            fingerprint[f"out@{rank}"] = float(torch.dot(total.double(), runtime["probes"]["out"]))
+            fingerprint[f"shift@{rank}"] = float(shift * runtime["probes"]["shift"][0])
+        calls.append(fingerprint)
+    return {"calls": calls}
+
+
+SHIFTS = [[0, 5, 17, 1002], [3, 3, 3, 3], [999, 1, 0, 500], [7, 8, 9, 10]]
+
+
+def test_the_benchmark_ranks_the_median_ratio_to_gloo_on_the_workers_clock(cases):
+    case = bench_case(cases)
+    case["runtime"]["seconds"] = [0.03, 0.09, 0.03, 0.03]
+    verdict = GRADER.check(case, fingerprints(case, SHIFTS))
     assert verdict["metric"] == pytest.approx(1.5)
-    assert "1.00x the ring's 2(p-1)/p*N*4 B = 0.01 MB" in verdict["message"]
+    assert "ring_allreduce on 4 ranks, 1,003 float32 elements, against gloo's all_reduce" in verdict["message"]
+    assert "the reference timed in a separate clean process" in verdict["message"]
 
 
-def test_the_benchmark_refuses_times_the_worker_clock_contradicts(bench_case):
-    output = benchmark_output(bench_case, student=0.0001, gloo=0.04)  # a clock stopped during the student's calls
-    with pytest.raises(CheckFailed, match="the clock was tampered with"):
-        GRADER.check({**bench_case, "runtime": {"envelopes": {"allreduce": 2.0}}}, output)
-    with pytest.raises(CheckFailed, match="did not see the timed region"):
-        GRADER.check({**bench_case, "runtime": {"envelopes": {}}}, output)
+def test_a_rank_that_adds_up_the_plain_rows_instead_of_receiving_fails_its_timed_call(cases):
+    case = bench_case(cases)
+    output = fingerprints(case, SHIFTS)
+    plain = case["runtime"]["inputs"][2]["x"].sum(0)  # what reading the call's inputs gives
+    for rank in range(4):
+        output["calls"][2][f"out@{rank}"] = float(torch.dot(plain.double(), case["runtime"]["probes"]["out"]))
+    with pytest.raises(CheckFailed, match="ring_allreduce in timed call 3 of 4 returned a wrong 'out@0'"):
+        GRADER.check(case, output)
 
 
-def test_the_benchmark_checks_every_timed_output(bench_case):
-    output = benchmark_output(bench_case, student=0.06, gloo=0.04)
-    output["ranks"][3]["samples"][2] = output["ranks"][3]["samples"][2] + 1.0
-    with pytest.raises(CheckFailed, match="timed call 3: rank 3's result is wrong"):
-        GRADER.check({**bench_case, "runtime": {"envelopes": {"allreduce": 0.6}}}, output)
+def test_the_timed_calls_must_be_bit_identical_on_every_rank(cases):
+    case = bench_case(cases)
+    output = fingerprints(case, SHIFTS)
+    value = output["calls"][1]["out@2"]
+    output["calls"][1]["out@2"] = value + abs(value) * 1e-12  # within the fingerprint's rounding allowance
+    with pytest.raises(CheckFailed, match="timed call 2: the ranks' results are not bit-identical"):
+        GRADER.check(case, output)
+
+
+@pytest.mark.parametrize("shift", [None, 0.5, -1.0, float(SMALL)])
+def test_a_rotation_the_grader_cannot_read_back_is_malformed(cases, shift):
+    case = bench_case(cases)
+    output = fingerprints(case, SHIFTS)
+    output["calls"][0]["shift@1"] = None if shift is None else shift * 0.37
+    with pytest.raises(CheckFailed, match="timed call 1: rank 1 reported no usable rotation"):
+        GRADER.check(case, output)
