@@ -156,7 +156,7 @@ def prepare(message: JobMessage, sink: EventSink, *, lab: LabFolder | None = Non
         raise LabError(f"files {unknown} are not allowed by the lab (allowed: {list(lab.allowed_files)})")
     config = sandbox.config()
     limits = {**lab.limits.as_dict(), **message.limits}
-    folder = new_job_folder(message.job_id, lab=lab, grader=grader, config=config, limits=limits)
+    folder = new_job_folder(message.job_id, lab=lab, config=config, limits=limits)
     for name, text in message.files.items():
         folder.write_box_file(name, text.encode("utf-8"))
     owner = message.owner

@@ -25,7 +25,6 @@ import os
 import sys
 import time
 import traceback
-import types
 
 import numpy
 import torch
@@ -33,8 +32,7 @@ import torch
 EVENT_FD = int(os.environ.get("AISYS_EVENT_FD", "-1"))
 OUTPUT_DIR = "_outputs"
 RUNNER = os.path.dirname(os.path.abspath(__file__))
-RUN_SOURCE = os.path.join(RUNNER, "lab_run.py")  # lab contract v1: the source of the grader's run()
-RUN_MODULE = os.path.join(RUNNER, "lab", "run.py")  # lab contract v2: the lab's run.py
+RUN_MODULE = os.path.join(RUNNER, "lab", "run.py")  # the lab's run.py
 CALL_TIMEOUT_SECONDS = 600.0  # a distributed timed call's ranks; the worker's deadline comes first
 CALLS = os.path.join(RUNNER, "calls")  # timed calls' inputs: this process may open them by name, not list them
 
@@ -188,22 +186,12 @@ def _save(index: int | str, record: dict) -> None:
 
 
 def _import_run_module():
-    """The lab's run.py (contract v2) as a module, or the source of a v1 grader's run() to exec."""
-    if os.path.exists(RUN_MODULE):
-        spec = importlib.util.spec_from_file_location("lab_run", RUN_MODULE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["lab_run"] = module
-        spec.loader.exec_module(module)
-        return module, 2
-    return None, 1
-
-
-def _exec_v1_run(harness: Harness):
-    run_module = types.ModuleType("lab_run")
-    run_module.harness = harness
-    with open(RUN_SOURCE, encoding="utf-8") as f:
-        exec(compile(f.read(), "lab_run.py", "exec"), run_module.__dict__)
-    return run_module
+    """The lab's run.py, imported as the module ``lab_run``."""
+    spec = importlib.util.spec_from_file_location("lab_run", RUN_MODULE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["lab_run"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def _start(argv: list[str]):
@@ -213,7 +201,7 @@ def _start(argv: list[str]):
     sys.path.insert(0, workdir)
     sys.path.append(os.path.join(RUNNER, "lib"))
     os.makedirs(OUTPUT_DIR, exist_ok=True)
-    run_module, contract = _import_run_module()  # the lab's code first: nothing of the student's ran yet
+    run_module = _import_run_module()  # the lab's code first: nothing of the student's ran yet
     harness = Harness(forbidden)
     emit("started")
     harness.patch()
@@ -224,9 +212,6 @@ def _start(argv: list[str]):
         emit("import_failed")
         return None
     emit("imported")
-    if contract == 1:
-        run_module = _exec_v1_run(harness)
-        return student, harness, lambda module, inputs: run_module.run(module, inputs)
     return student, harness, lambda module, inputs: run_module.run(module, inputs, harness)
 
 

@@ -7,8 +7,6 @@ Trusted code, in the worker.
 
 from __future__ import annotations
 
-import inspect
-import textwrap
 from pathlib import Path
 
 from gpu_runner import compile_cache, outputs, sandbox
@@ -46,15 +44,12 @@ CLEAN_ENV = {
 }  # no PYTHON* variables: the harness runs with -I, which ignores them (-B and -u say it instead)
 
 
-def new_job_folder(job_id: object, *, lab: LabFolder, grader, config: sandbox.Config, limits: dict) -> JobFolder:
+def new_job_folder(job_id: object, *, lab: LabFolder, config: sandbox.Config, limits: dict) -> JobFolder:
     """A job folder whose runner half holds the harness, the lab's run module and the sandbox's
     libraries; the caller writes the submission (or the reference) into its box."""
     folder = sandbox.create_job_folder(job_id, config=config, disk_mb=int(limits["disk_mb"]))
     folder.add_runner_file("harness.py", HARNESS.read_text(encoding="utf-8"))
-    if lab.run_module is not None:
-        folder.add_runner_file("lab/run.py", lab.run_module.read_text(encoding="utf-8"))
-    else:  # lab contract v1: the source of the grader's run(), exec'd by the harness
-        folder.add_runner_file("lab_run.py", textwrap.dedent(inspect.getsource(grader.run)))
+    folder.add_runner_file("lab/run.py", lab.run_module.read_text(encoding="utf-8"))
     for name, source in RUNNER_LIBRARY.items():
         folder.add_runner_file(name, source.read_text(encoding="utf-8"))
     return folder

@@ -134,9 +134,13 @@ def run_timed_cases(grading, *, check: Callable[[int, dict, object], None]) -> N
             timed, fingerprints = _time_case(grading, index, student, reference)
             check(index, timed.as_runtime(), {"calls": fingerprints})
     except TimingAborted as exc:
+        error = _student_error(processes)
+        if error is not None:
+            grading.case_errors.append(error)  # a forbidden call in a timed call is one like any other
+        detail = ": " + bounded(describe_error(error), 3000) if error is not None else ""
         for i in indices:
             if tests[i].outcome == "not_run":
-                _publish(grading, i, "failed", f"benchmark: {exc}" + _error_detail(processes))
+                _publish(grading, i, "failed", f"benchmark: {exc}{detail}")
     finally:
         for process in processes:
             process.process.stop()
@@ -208,9 +212,7 @@ def _call(process: _Process, number: int, inputs: dict) -> tuple[float, dict]:
 
 def _start(grading, role: str) -> _Process:
     lab = grading.lab
-    folder = new_job_folder(
-        f"{grading.job_id}{role[0]}", lab=lab, grader=grading.grader, config=grading.config, limits=grading.limits
-    )
+    folder = new_job_folder(f"{grading.job_id}{role[0]}", lab=lab, config=grading.config, limits=grading.limits)
     calls = folder.runner / CALLS_DIR
     calls.mkdir(mode=0o311)  # the job may open a call's file by its name, never list the folder
     calls.chmod(0o311)
@@ -298,12 +300,12 @@ def _publish(grading, index: int, outcome: str, message: str) -> None:
     grading.sink.publish(EventType.TEST, test.as_dict())
 
 
-def _error_detail(processes: list[_Process]) -> str:
+def _student_error(processes: list[_Process]) -> dict | None:
     """The student's error in a timed call, from the record its harness saved, if any."""
     student = next((p for p in processes if p.role == "student"), None)
     if student is None:
-        return ""
+        return None
     record = read_record(student.folder, "timed")
     if record.get("ok") is False and record["error"].get("type") != "NoOutput":
-        return ": " + bounded(describe_error(record["error"]), 3000)
-    return ""
+        return record["error"]
+    return None

@@ -28,7 +28,7 @@ import torch
 
 from kernels import bench
 from kernels.devices import DeviceSpec, floor_seconds, roofline
-from labs.grading import CheckFailed
+from labs.trusted import CheckFailed
 
 # Datasheet peaks are rounded and boost clocks vary by a few percent: a time within 5% of the
 # floor is allowed, one below that is not physics.

@@ -93,10 +93,9 @@ class LabFolder:
         return self.resource_class.startswith("gpu")
 
     @property
-    def run_module(self) -> Path | None:
-        """``run.py``: what runs in the sandbox (lab contract v2); None for a v1 grader's ``run()``."""
-        path = self.path / "run.py"
-        return path if path.is_file() else None
+    def run_module(self) -> Path:
+        """``run.py``: what runs in the sandbox, next to the student's code."""
+        return self.path / "run.py"
 
     @property
     def reference_module(self) -> Path | None:
@@ -128,8 +127,7 @@ class LabFolder:
             raise LabError(f"{grader_path}: cannot be imported")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        required = ("cases", "check") if self.run_module is not None else ("cases", "run", "check")
-        for name in required:
+        for name in ("cases", "check"):
             if not callable(getattr(module, name, None)):
                 raise LabError(f"{grader_path}: must define a function {name}()")
         return module
@@ -239,8 +237,9 @@ def load_lab(path: Path | str) -> LabFolder:
     readme_path = folder / "README.md"
     if not readme_path.exists():
         raise LabError(f"{readme_path} is missing: students need instructions")
-    if not (folder / "grader.py").exists():
-        raise LabError(f"{folder / 'grader.py'} is missing")
+    for name, what in (("grader.py", "cases() and check()"), ("run.py", "run(module, inputs, harness)")):
+        if not (folder / name).exists():
+            raise LabError(f"{folder / name} is missing: a lab defines {what} there (docs/authoring-labs.md)")
     return LabFolder(
         slug=slug,
         path=folder,
