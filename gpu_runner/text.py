@@ -33,3 +33,20 @@ def for_terminal(text: str) -> str:
 def _escaped(match: re.Match) -> str:
     code = ord(match.group(0))
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+class LineMarker:
+    """Puts ``prefix`` before every line of a stream that arrives in arbitrary chunks."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.at_line_start = True
+
+    def __call__(self, chunk: str) -> str:
+        if not chunk:
+            return chunk
+        marked = (self.prefix if self.at_line_start else "") + chunk.replace("\n", "\n" + self.prefix)
+        if chunk.endswith("\n"):
+            marked = marked[: -len(self.prefix)]
+        self.at_line_start = chunk.endswith("\n")
+        return marked

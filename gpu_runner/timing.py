@@ -37,7 +37,7 @@ import torch
 from gpu_runner import launcher, sandbox
 from gpu_runner.jobfolder import JobFolder
 from gpu_runner.jobsetup import describe_error, harness_command, job_environment, new_job_folder, read_record
-from gpu_runner.text import bounded
+from gpu_runner.text import LineMarker, bounded
 from labs.protocol import EventType
 
 CALLS_DIR = "calls"  # in the runner folder: written by the worker, opened by name in the sandbox
@@ -234,9 +234,11 @@ def _start(grading, role: str) -> _Process:
         holder.events.append((time.monotonic(), event))
         del holder.events[:-64]  # a flood keeps the newest only
 
+    marked = LineMarker("[benchmark] ")
+
     def on_output(text: str) -> None:
-        if role == "student":
-            grading.sink.publish(EventType.LOG, {"stream": "output", "text": text})
+        if role == "student":  # the same module prints again in this process: say which one it is
+            grading.sink.publish(EventType.LOG, {"stream": "output", "text": marked(text)})
 
     try:
         holder.process = launcher.JobProcess(

@@ -31,8 +31,12 @@ class ProtocolError(ValueError):
     """A message does not follow this protocol; the text names the field and what was wrong."""
 
 
-class Task(StrEnum):
-    """Celery task names: the portal sends the worker's by name and never imports them."""
+class Task:
+    """Celery task names: the portal sends the worker's by name and never imports them.
+
+    Plain strings, not an enum: Celery takes an object's ``name`` attribute as the task's name,
+    and an enum member's ``name`` is its Python name (``RECORD_JOB_RESULT``), not its value.
+    """
 
     RUN_JOB = "gpu_runner.run_job"  # JobMessage in, JobResult out (linked to RECORD_JOB_RESULT)
     SELF_CHECK_LAB = "gpu_runner.self_check_lab"  # SelfCheckMessage in, SelfCheckReport out

@@ -9,7 +9,7 @@ import pytest
 
 from gpu_runner.tasks import run_job
 from labs import protocol
-from labs.protocol import PROTOCOL, JobMessage, JobResult, ProtocolError, SelfCheckReport, Verdict
+from labs.protocol import PROTOCOL, JobMessage, JobResult, ProtocolError, SelfCheckReport, Task, Verdict
 
 MESSAGE = JobMessage(
     job_id=42,
@@ -87,3 +87,12 @@ def test_a_self_check_report_is_validated():
     assert SelfCheckReport.from_dict(report.to_dict()) == report
     with pytest.raises(ProtocolError, match="'ok' must be bool"):
         SelfCheckReport.from_dict({**report.to_dict(), "ok": "yes"})
+
+
+def test_task_names_survive_celery_signatures():
+    # Celery names a signature after its task object's ``name`` attribute: an enum member would
+    # link results to a task called "RECORD_JOB_RESULT", which no worker has.
+    from portal.celery import app
+
+    signature = app.signature(Task.RECORD_JOB_RESULT, kwargs={"job_id": 1}, queue="portal")
+    assert dict(signature)["task"] == "portal.record_job_result"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gpu_runner import outputs
-from gpu_runner.text import bounded, for_terminal
+from gpu_runner.text import LineMarker, bounded, for_terminal
 
 
 def _saved(value) -> bytes:
@@ -82,3 +82,9 @@ def test_text_from_a_job_is_cut_and_shown_not_obeyed_on_a_terminal():
     cut = bounded("a" * 1000 + "b" * 100_000 + "z" * 1000, 4000)
     assert len(cut) < 4100 and cut.startswith("a" * 1000) and cut.endswith("z" * 1000)
     assert "characters cut" in cut
+
+
+def test_each_line_of_a_chunked_stream_is_marked_once():
+    mark = LineMarker("[b] ")
+    chunks = ["hel", "lo\nwor", "ld\n", "", "\nend"]
+    assert "".join(mark(c) for c in chunks) == "[b] hello\n[b] world\n[b] \n[b] end"
