@@ -8,7 +8,6 @@ fake pure-Python modules instead of a compiled extension.
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import types
 
@@ -162,25 +161,3 @@ def test_run_lets_an_extension_like_matmul_work_and_counts_matmul_calls(harness)
     assert module.matmul.__name__ == "matmul"  # the counting wrapper is gone after the case
     with pytest.raises(CheckFailed, match=r"backward called matmul 1 time\(s\)"):
         GRADER.check(case, output)
-
-
-# What run.py may import in the sandbox (docs/authoring-labs.md, lab contract v2): torch, numpy,
-# triton and the runner's lib/ (kernels.bench, labs.sandboxed, labs.ranks), nothing else of the project.
-SANDBOX_IMPORTS = ("__future__", "torch", "numpy", "triton", "kernels.bench", "labs.sandboxed", "labs.ranks")
-
-
-def test_run_py_is_a_module_that_imports_only_what_the_sandbox_ships():
-    tree = ast.parse(LAB.run_module.read_text(encoding="utf-8"))
-    names = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            names += [f"{node.module}.{alias.name}" for alias in node.names]
-    assert names
-    for name in names:
-        assert any(name == allowed or name.startswith(allowed + ".") for allowed in SANDBOX_IMPORTS), name
-    functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
-    assert "run" in functions
-    calls = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
-    assert not calls & {"exec", "eval", "globals"}

@@ -4,8 +4,6 @@ through the runner by ``manage.py lab check``, cover the rest."""
 
 from __future__ import annotations
 
-import ast
-
 import pytest
 import torch
 
@@ -99,25 +97,3 @@ def test_the_benchmark_audit_rebuilds_the_rows_it_needs():
         positions = torch.tensor([0, cols - 1, cols, rows * cols - 1, (rows - 1) * cols + 17])
         expected = torch.softmax(x.double(), dim=-1).reshape(-1)[positions]
         assert torch.equal(grader._expected_at(shape, 3, positions), expected)
-
-
-# What run.py may import in the sandbox (docs/authoring-labs.md, lab contract v2): torch, numpy,
-# triton and the runner's lib/ (kernels.bench, labs.sandboxed, labs.ranks), nothing else of the project.
-SANDBOX_IMPORTS = ("__future__", "torch", "numpy", "triton", "kernels.bench", "labs.sandboxed", "labs.ranks")
-
-
-def test_run_py_is_a_module_that_imports_only_what_the_sandbox_ships():
-    tree = ast.parse(LAB.run_module.read_text(encoding="utf-8"))
-    names = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            names += [f"{node.module}.{alias.name}" for alias in node.names]
-    assert names
-    for name in names:
-        assert any(name == allowed or name.startswith(allowed + ".") for allowed in SANDBOX_IMPORTS), name
-    functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
-    assert "run" in functions
-    calls = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
-    assert not calls & {"exec", "eval", "globals"}
