@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gpu_runner import compile_cache, launcher, sandbox, timing
+from gpu_runner import compile_cache, launcher, rankgroup, sandbox, timing
 from gpu_runner.events import EventSink
 from gpu_runner.jobfolder import JobFolder
 from gpu_runner.jobsetup import (
@@ -128,6 +128,9 @@ def _grade(message: JobMessage, sink: EventSink, lab: LabFolder | None) -> dict:
         if grading.build_key and grading.build_cache == "miss":
             compile_cache.save(grading.folder, grading.build_key, owner=grading.owner)
         if _finished(grading, outcome):
+            rankgroup.run_rank_cases(
+                grading, check=lambda index, runtime, output: _check(grading, index, runtime, output)
+            )
             timing.run_timed_cases(
                 grading, check=lambda index, runtime, output: _check(grading, index, runtime, output)
             )
@@ -214,7 +217,9 @@ def collect(grading: Grading, event: dict) -> bytes | None:
             "cases": [
                 {"index": i, "name": c["name"], "inputs": c["inputs"]}
                 for i, c in enumerate(grading.cases)
-                if "timed" not in c  # timed cases run later, in the timing phase (gpu_runner/timing.py)
+                # timed cases run later, in the timing phase (gpu_runner/timing.py); distributed
+                # cases on their ranks' sandboxes (gpu_runner/rankgroup.py)
+                if "timed" not in c and "world_size" not in c
             ]
         }
         name = grading.folder.write_box_file("_cases.pt", _serialize(payload), unique=True)
@@ -241,13 +246,13 @@ def collect(grading: Grading, event: dict) -> bytes | None:
         if entry is not None and "end" not in entry:
             entry["end"] = time.monotonic()
     elif kind == "meter" and grading.current_case is not None:
-        return _meter(grading, event)
+        return count_meter(grading, event)
     elif kind == "case_done" and isinstance(event.get("index"), int) and 0 <= event["index"] < len(grading.cases):
         _check_case(grading, event["index"], float(event.get("duration", 0.0)))
     return None
 
 
-def _meter(grading: Grading, event: dict) -> bytes:
+def count_meter(grading: Grading, event: dict) -> bytes:
     """Count on the worker's side what a case's ``harness.meter`` reports (docs/security.md,
     invariant 4): a counter in the sandbox could be reset, this one only grows."""
     meters = grading.meters.setdefault(grading.current_case, {})
@@ -283,7 +288,7 @@ def _serialize(obj) -> bytes:
 
 def _check_case(grading: Grading, index: int, duration: float) -> None:
     test = grading.tests[index]
-    if test.outcome != "not_run" or "timed" in grading.cases[index]:
+    if test.outcome != "not_run" or "timed" in grading.cases[index] or "world_size" in grading.cases[index]:
         return  # each case is checked once, however often the channel repeats itself
     test.duration = round(duration, 4) if isinstance(duration, float) and 0 <= duration < 1e6 else 0.0
     record = read_record(grading.folder, index)
@@ -291,7 +296,7 @@ def _check_case(grading: Grading, index: int, duration: float) -> None:
         error = record["error"]
         grading.case_errors.append(error)
         test.settle("failed", describe_error(error))
-        _publish_test(grading, test)
+        publish_test(grading, test)
         return
     needs_runtime = "benchmark" in grading.cases[index] or index in grading.batches or index in grading.meters
     runtime = _runtime(grading, index) if needs_runtime else None
@@ -313,10 +318,10 @@ def _check(grading: Grading, index: int, runtime: dict | None, output) -> None:
         test.settle("failed", str(exc))
     except Exception as exc:  # noqa: BLE001 - malformed output tripping the checker
         test.settle("failed", f"the output could not be checked: {type(exc).__name__}: {bounded(exc, 500)}")
-    _publish_test(grading, test)
+    publish_test(grading, test)
 
 
-def _publish_test(grading: Grading, test: TestOutcome) -> None:
+def publish_test(grading: Grading, test: TestOutcome) -> None:
     grading.sink.publish(EventType.TEST, test.as_dict())
     done = sum(t.outcome != "not_run" for t in grading.tests)
     grading.sink.publish(EventType.PROGRESS, {"phase": "tests", "done": done, "total": len(grading.tests)})
@@ -324,7 +329,9 @@ def _publish_test(grading: Grading, test: TestOutcome) -> None:
 
 def _finished(grading: Grading, outcome: launcher.ProcessOutcome) -> bool:
     """The test job ran every untimed case to the end, within its limits."""
-    untimed = [t for t, c in zip(grading.tests, grading.cases, strict=True) if "timed" not in c]
+    untimed = [
+        t for t, c in zip(grading.tests, grading.cases, strict=True) if "timed" not in c and "world_size" not in c
+    ]
     return (
         all(t.outcome != "not_run" for t in untimed)
         and not (outcome.timed_out or outcome.output_limited or outcome.memory_limited or outcome.processes_limited)

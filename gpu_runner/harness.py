@@ -12,6 +12,12 @@ nothing it writes is trusted beyond being data.
 The runner folder's ``lib/`` (``kernels/bench.py``, the timing harness) is importable, so a
 lab's ``run`` can ``from kernels import bench``; the reference kernels are not shipped.
 
+A rank of a distributed case (``AISYS_WORLD_SIZE`` set) is one such process in its own sandbox
+(``gpu_runner.rankgroup``): it joins the group's gloo process group over the loopback network its
+sandbox shares with its peers, then runs the cases the worker names one at a time, so that every
+rank is in the same case; ``run`` learns its place from ``harness.rank`` and ``harness.world_size``
+(and ``inputs["rank"]``, ``inputs["world_size"]``).
+
 Usage: python harness.py cases|timed <job folder> <entry file> <forbidden dotted names, comma separated>
 """
 
@@ -33,7 +39,9 @@ EVENT_FD = int(os.environ.get("AISYS_EVENT_FD", "-1"))
 OUTPUT_DIR = "_outputs"
 RUNNER = os.path.dirname(os.path.abspath(__file__))
 RUN_MODULE = os.path.join(RUNNER, "lab", "run.py")  # the lab's run.py
-CALL_TIMEOUT_SECONDS = 600.0  # a distributed timed call's ranks; the worker's deadline comes first
+RANK = int(os.environ.get("AISYS_RANK", "0"))
+WORLD_SIZE = int(os.environ.get("AISYS_WORLD_SIZE", "1"))
+GROUP_TIMEOUT_SECONDS = 600.0  # gloo's own, per operation: the worker's deadline comes first
 CALLS = os.path.join(RUNNER, "calls")  # timed calls' inputs: this process may open them by name, not list them
 
 
@@ -79,6 +87,9 @@ class Harness:
     original back does not last. Everything ``patch`` needs is bound here, before the student's
     code runs, so replacing this class's methods or ``builtins.setattr`` later changes nothing.
     """
+
+    rank = RANK  # this process's rank in its distributed case (0 of 1 otherwise)
+    world_size = WORLD_SIZE
 
     def __init__(self, forbidden: list[str]):
         self._originals = {}
@@ -212,7 +223,32 @@ def _start(argv: list[str]):
         emit("import_failed")
         return None
     emit("imported")
+    if WORLD_SIZE > 1 and not _join_group():
+        return None
     return student, harness, lambda module, inputs: run_module.run(module, inputs, harness)
+
+
+def _join_group() -> bool:
+    """A rank joins its group's gloo process group (its peers are in sandboxes of their own, on
+    the same loopback network); False, with the error saved, if that fails."""
+    import datetime
+
+    import torch.distributed as dist
+
+    try:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{os.environ['AISYS_GROUP_PORT']}",
+            rank=RANK,
+            world_size=WORLD_SIZE,
+            timeout=datetime.timedelta(seconds=GROUP_TIMEOUT_SECONDS),
+        )
+    except BaseException as exc:  # noqa: BLE001 - a peer that never came, a student's patch
+        _save("import", {"ok": False, "error": _error(exc)})
+        emit("join_failed")
+        return False
+    emit("joined")
+    return True
 
 
 def main(argv: list[str]) -> int:
@@ -229,18 +265,34 @@ def main(argv: list[str]) -> int:
         return 4
     payload = torch.load(cases_file, weights_only=True)
     os.unlink(cases_file)
-    for case in payload["cases"]:
+
+    def run_case(case: dict) -> None:
         index = case["index"]
         emit("case_start", index=index, name=case["name"])
         started_at = time.perf_counter()
         patch()
+        inputs = _clone(case["inputs"])
+        if WORLD_SIZE > 1:
+            inputs.update(rank=RANK, world_size=WORLD_SIZE)
         try:
-            record = {"ok": True, "value": run(student, _clone(case["inputs"]))}
+            record = {"ok": True, "value": run(student, inputs)}
         except BaseException as exc:  # noqa: BLE001 - reported per case, the next case still runs
             record = {"ok": False, "error": _error(exc)}
         _save(index, record)
-        emit("case_done", index=index, duration=time.perf_counter() - started_at)
-    emit("done")
+        emit("case_done", index=index, duration=time.perf_counter() - started_at, ok=record["ok"])
+
+    if WORLD_SIZE == 1:
+        for case in payload["cases"]:
+            run_case(case)
+        emit("done")
+        return 0
+    # A rank runs the case the worker names, when it names it: every rank is then in the same case.
+    by_index = {case["index"]: case for case in payload["cases"]}
+    for line in sys.stdin:
+        command, _, index = line.strip().partition(" ")
+        if command != "case" or not index.isdigit() or int(index) not in by_index:
+            return 4
+        run_case(by_index[int(index)])
     return 0
 
 
@@ -259,73 +311,50 @@ def _serve_timed_calls(module, harness: Harness, run_module) -> int:
     its probe. The worker's clock runs from writing ``call`` to reading ``called``, so the work, and
     reading every element of the result (a lazy ``.grad`` included), happens inside it; the worker
     then checks each fingerprint against its own computation. This process keeps no time that
-    counts. A distributed case's calls run on every rank of a pool forked at ``setup``
-    (``labs.ranks.Pool``): each rank gets ``rank`` and ``world_size`` in its inputs, and the
-    fingerprints come back per rank (``name@rank``).
+    counts. A distributed case's calls run on every rank at once, each rank a process like this
+    one in a sandbox of its own (``gpu_runner.rankgroup``): each gets ``rank`` and
+    ``world_size`` in its inputs, and the worker files each rank's fingerprints under ``name@rank``.
     """
     calls = _TimedCalls(module, harness, run_module)
-    try:
-        while True:
-            line = sys.stdin.readline()
-            if not line:
-                return 0
-            command, *args = line.split()
-            if command == "setup" and len(args) == 1:
-                calls.setup(os.path.join(CALLS, os.path.basename(args[0])))
-                emit("ready")
-            elif command == "call" and len(args) == 2:
-                number = int(args[0])
-                try:
-                    fingerprint = calls.call(os.path.join(CALLS, os.path.basename(args[1])))
-                except BaseException as exc:  # noqa: BLE001 - the worker stops timing and reports it
-                    _save("timed", {"ok": False, "error": _error(exc)})
-                    emit("call_failed", n=number)
-                    continue
-                emit("called", n=number, fp=fingerprint)
-            else:
-                return 4
-    finally:
-        calls.close()
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        command, *args = line.split()
+        if command == "setup" and len(args) == 1:
+            calls.setup(os.path.join(CALLS, os.path.basename(args[0])))
+            emit("ready")
+        elif command == "call" and len(args) == 2:
+            number = int(args[0])
+            try:
+                fingerprint = calls.call(os.path.join(CALLS, os.path.basename(args[1])))
+            except BaseException as exc:  # noqa: BLE001 - the worker stops timing and reports it
+                _save("timed", {"ok": False, "error": _error(exc)})
+                emit("call_failed", n=number)
+                continue
+            emit("called", n=number, fp=fingerprint)
+        else:
+            return 4
 
 
 class _TimedCalls:
-    """The timed cases' state in this process: static inputs, probes, and the ranks' pool."""
+    """The timed cases' state in this process: the static inputs and the probes."""
 
     def __init__(self, module, harness: Harness, run_module):
         self.module, self.harness, self.run_module = module, harness, run_module
         self.static: dict = {}
         self.probes: dict = {}
-        self.pool = None
 
     def setup(self, path: str) -> None:
-        self.close()
         setup = torch.load(path, weights_only=True)
         self.static, self.probes = setup["inputs"], setup["probes"]
-        world_size = int(setup.get("world_size", 1))
-        if world_size > 1:
-            from labs import ranks  # the runner's lib/: the ranks inherit this process's imports
-
-            self.pool = ranks.Pool(world_size, self._serve_rank)
 
     def call(self, path: str) -> dict[str, float]:
-        if self.pool is None:
-            return self._one(path, {})
-        replies = self.pool.ask(path, timeout=CALL_TIMEOUT_SECONDS)
-        return {f"{name}@{rank}": value for rank, reply in enumerate(replies) for name, value in reply.items()}
-
-    def _serve_rank(self, rank: int, world_size: int, path: str) -> dict[str, float]:
-        return self._one(path, {"rank": rank, "world_size": world_size})
-
-    def _one(self, path: str, where: dict) -> dict[str, float]:
         inputs = _load_bundle(path)
+        where = {"rank": RANK, "world_size": WORLD_SIZE} if WORLD_SIZE > 1 else {}
         self.harness.patch()
         output = self.run_module.timed(self.module, {**self.static, **inputs, **where}, self.harness)
         return _fingerprint(output, self.probes)
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
 
 
 def _load_bundle(path: str) -> dict:

@@ -95,12 +95,18 @@ class JobProcess:
         self.budget = int(sandbox.limits["output_bytes"])
         event_read, event_write = os.pipe()
         options_read, options_write = os.pipe()
-        argv, options = sandbox.argv(command, options_fd=options_read)
+        program = sandbox.seccomp_filter()
+        filter_read, filter_write = os.pipe() if program is not None else (None, None)
+        argv, options = sandbox.argv(command, options_fd=options_read, seccomp_fd=filter_read)
         self.started = time.monotonic()
         self.deadline = self.started + float(sandbox.limits["wall_seconds"])
+        inherited = (event_write, options_read) + ((filter_read,) if filter_read is not None else ())
         try:
             os.write(options_write, options)  # a few KiB: within the pipe's buffer
             os.close(options_write)
+            if program is not None:
+                os.write(filter_write, program)  # a few hundred bytes
+                os.close(filter_write)
             self.proc = subprocess.Popen(
                 argv,
                 cwd=sandbox.cwd,
@@ -108,7 +114,7 @@ class JobProcess:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                pass_fds=(event_write, options_read),
+                pass_fds=inherited,
                 start_new_session=True,
                 preexec_fn=sandbox.preexec,
             )
@@ -117,8 +123,8 @@ class JobProcess:
             sandbox.release()
             raise
         finally:
-            os.close(event_write)
-            os.close(options_read)
+            for fd in inherited:
+                os.close(fd)
         self.event_fd = event_read
         self.stdin = self.proc.stdin.fileno()
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")

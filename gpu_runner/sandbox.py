@@ -41,9 +41,10 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from gpu_runner import cgroups, settings
+from gpu_runner import cgroups, seccomp, settings
 from gpu_runner.cgroups import Cgroups, CgroupUsage, JobCgroup
 from gpu_runner.jobfolder import JOB_DIR, RUNNER_DIR, JobFolder
+from gpu_runner.netns import LoopbackNetwork
 
 log = logging.getLogger(__name__)
 
@@ -342,6 +343,9 @@ class Sandbox:
     limits: dict
     gpus: tuple[int, ...] = ()
     cgroup: JobCgroup | None = None
+    # A rank of a distributed job: the network namespace its group shares (gpu_runner.netns)
+    # instead of one of its own, and the seccomp filter that closes what else that would share.
+    network: LoopbackNetwork | None = None
 
     def __post_init__(self) -> None:
         cgroups.retry_leftovers()  # what an earlier job's unkillable process kept
@@ -363,18 +367,30 @@ class Sandbox:
         """Where to start the process: bwrap changes into /job itself."""
         return self.folder.root if self.cfg.sandboxed else self.folder.box
 
-    def argv(self, command: list[str], *, options_fd: int | None = None) -> tuple[list[str], bytes]:
+    def seccomp_filter(self) -> bytes | None:
+        """The compiled seccomp program this sandbox's process runs under, if any (a rank's)."""
+        return seccomp.rank_filter() if self.network is not None and self.cfg.sandboxed else None
+
+    def argv(
+        self, command: list[str], *, options_fd: int | None = None, seccomp_fd: int | None = None
+    ) -> tuple[list[str], bytes]:
         """The command line that starts ``command`` in this sandbox, and the bytes to feed ``options_fd``.
 
         With ``options_fd``, bwrap reads its options as NUL-separated text from that descriptor
         (``--args``): they name host paths (the job folder, the worker's Python), and bwrap's
-        command line is what the job sees as its pid 1's ``/proc/1/cmdline``.
+        command line is what the job sees as its pid 1's ``/proc/1/cmdline``. ``seccomp_fd`` carries
+        ``seccomp_filter()``.
         """
         if not self.cfg.sandboxed:
             return command, b""
-        if options_fd is None:
-            return bwrap_argv(self.cfg, self.folder, command, gpus=self.gpus), b""
         options = bwrap_options(self.cfg, self.folder, gpus=self.gpus)
+        if self.network is not None:
+            options[options.index("--unshare-all") + 1 : options.index("--unshare-all") + 1] = ["--share-net"]
+            if seccomp_fd is None:
+                raise ValueError("a rank's sandbox needs its seccomp filter")
+            options += ["--seccomp", str(seccomp_fd)]
+        if options_fd is None:
+            return [self.cfg.bwrap, *options, "--", *command], b""
         return [self.cfg.bwrap, "--args", str(options_fd), "--", *command], b"".join(
             o.encode() + b"\0" for o in options
         )
@@ -395,6 +411,8 @@ class Sandbox:
         if self.cgroup is None or self.cgroup.pids_dir is None:
             processes = int(limits["processes"])
             resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
+        if self.network is not None:
+            self.network.join()  # as root (or the namespace's owner), before giving that up
         _drop_privileges(self.cfg.switch_to)()
         # After the uid change, which clears it: the job dies with the worker.
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -34,19 +34,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gpu_runner import launcher, sandbox
+from gpu_runner import rankgroup
 from gpu_runner.jobfolder import JobFolder
-from gpu_runner.jobsetup import describe_error, harness_command, job_environment, new_job_folder, read_record
+from gpu_runner.jobsetup import describe_error, read_record
 from gpu_runner.text import LineMarker, bounded
 from labs.protocol import EventType
 
 CALLS_DIR = "calls"  # in the runner folder: written by the worker, opened by name in the sandbox
 HEADER_LIMIT = 1 << 20
 NOT_TIMED = "not timed: every correctness test must pass before the benchmark runs"
-
-
-class TimingAborted(Exception):
-    """The student's process failed during the timing phase; the message is for the student."""
 
 
 @dataclass
@@ -58,9 +54,11 @@ class Timed:
     inputs: list[dict] = field(default_factory=list)  # every timed call's inputs
     probes: dict[str, torch.Tensor] = field(default_factory=dict)
     frozen: bool = False  # whether the student's process was frozen while the reference ran
+    network_bytes: list[int] | None = None  # a distributed case's: what its ranks sent each other, per call
 
     def as_runtime(self) -> dict:
         return {
+            "network_bytes": self.network_bytes,
             "seconds": self.seconds,
             "reference_seconds": self.reference_seconds,
             "inputs": self.inputs,
@@ -69,42 +67,14 @@ class Timed:
         }
 
 
-@dataclass
-class _Process:
-    """One timing-phase sandbox and the events it has sent."""
-
-    role: str  # "student" or "reference"
-    process: launcher.JobProcess
-    folder: JobFolder
-    box: sandbox.Sandbox
-    job_wall_seconds: float
-    events: list[tuple[float, dict]] = field(default_factory=list)  # (worker clock, event)
-
-    def wait_for(self, *types: str, number: int | None = None) -> tuple[float, dict]:
-        """The next event of one of ``types`` (for call ``number``), pumping the pipes meanwhile."""
-        while True:
-            for position, (at, event) in enumerate(self.events):
-                if event["type"] in types and (number is None or event.get("n") == number):
-                    del self.events[: position + 1]
-                    return at, event
-                if event["type"] == "import_failed":
-                    raise TimingAborted("the module could not be imported for the benchmark")
-            if not self.process.pump(self.process.deadline - time.monotonic()):
-                raise TimingAborted(self._ended())
-
-    def _ended(self) -> str:
-        process = self.process
-        if process.timed_out:
-            return f"the job's time limit of {self.job_wall_seconds:g} s ran out during the benchmark"
-        if process.output_limited:
-            return "the benchmark printed more than the output limit"
-        return "the process ended during the benchmark"
-
-
 def run_timed_cases(grading, *, check: Callable[[int, dict, object], None]) -> None:
     """Time every timed case of ``grading`` (a ``gpu_runner.grading.Grading``); ``check(index,
     runtime, output)`` then checks each: ``runtime`` is what the worker measured (``Timed``),
-    ``output`` what the student's process said (``{"calls": [fingerprint, ...]}``)."""
+    ``output`` what the student's processes said (``{"calls": [fingerprint, ...]}``).
+
+    A distributed timed case (``"world_size"`` in its ``timed``) runs each side on a group of ranks,
+    each rank in its own sandbox on a metered network (``gpu_runner.rankgroup``); every timed case
+    of a lab has the same world size."""
     indices = [i for i, case in enumerate(grading.cases) if "timed" in case]
     if not indices:
         return
@@ -116,38 +86,48 @@ def run_timed_cases(grading, *, check: Callable[[int, dict, object], None]) -> N
     wants_reference = any(grading.cases[i]["timed"].get("reference") for i in indices)
     if wants_reference and grading.lab.reference_module is None:
         raise RuntimeError(f"lab {grading.lab.slug}: a timed case asks for a reference but there is no reference.py")
-    processes: list[_Process] = []
+    sizes = {int(grading.cases[i]["timed"].get("world_size", 1)) for i in indices}
+    if len(sizes) != 1:
+        raise RuntimeError(f"lab {grading.lab.slug}: its timed cases ask for different world sizes {sorted(sizes)}")
+    world_size = sizes.pop()
+    groups: list[rankgroup.Group] = []
     try:
-        student = _start(grading, "student")
-        processes.append(student)
-        reference = _start(grading, "reference") if wants_reference else None
+        student = _start(grading, "student", world_size)
+        groups.append(student)
+        reference = _start(grading, "reference", world_size) if wants_reference else None
         if reference is not None:
-            processes.append(reference)
-        for process in processes:
+            groups.append(reference)
+        for group in groups:
             try:
-                process.wait_for("imported")
-            except TimingAborted as exc:
-                if process.role == "reference":
+                group.wait_all("joined" if world_size > 1 else "imported")
+            except rankgroup.GroupEnded as exc:
+                if group.role == "reference":
                     raise RuntimeError(f"the lab's reference.py did not start: {exc}") from None
                 raise
         for index in indices:
             timed, fingerprints = _time_case(grading, index, student, reference)
             check(index, timed.as_runtime(), {"calls": fingerprints})
-    except TimingAborted as exc:
-        error = _student_error(processes)
+    except rankgroup.GroupEnded as exc:
+        where, error = _student_error(groups)
         if error is not None:
             grading.case_errors.append(error)  # a forbidden call in a timed call is one like any other
-        detail = ": " + bounded(describe_error(error), 3000) if error is not None else ""
+        detail = f": {where}" + bounded(describe_error(error), 3000) if error is not None else ""
         for i in indices:
             if tests[i].outcome == "not_run":
-                _publish(grading, i, "failed", f"benchmark: {exc}{detail}")
+                _publish(grading, i, "failed", f"benchmark: {_aborted(exc)}{detail}")
     finally:
-        for process in processes:
-            process.process.stop()
-            process.folder.remove()
+        for group in groups:
+            group.stop()
 
 
-def _time_case(grading, index: int, student: _Process, reference: _Process | None) -> tuple[Timed, list]:
+def _aborted(exc: rankgroup.GroupEnded) -> str:
+    text = str(exc)
+    if text.startswith(("your code", "the module")):
+        return text
+    return f"{text} during the benchmark"
+
+
+def _time_case(grading, index: int, student: rankgroup.Group, reference: rankgroup.Group | None) -> tuple[Timed, list]:
     case = grading.cases[index]
     spec = case["timed"]
     calls, warmup = int(spec.get("calls", 20)), int(spec.get("warmup", 3))
@@ -159,99 +139,96 @@ def _time_case(grading, index: int, student: _Process, reference: _Process | Non
             for name, shape in spec["outputs"].items()
         },
         reference_seconds=[] if use_reference else None,
+        network_bytes=[] if student.world_size > 1 and student.network is not None else None,
     )
-    setup = {"inputs": case.get("inputs", {}), "probes": timed.probes, "world_size": int(spec.get("world_size", 1))}
+    setup = _saved({"inputs": case.get("inputs", {}), "probes": timed.probes})
     fingerprints: list[dict] = []
-    for process in (student, use_reference):
-        if process is not None:
-            name = _write_runner_file(process.folder, _saved(setup))
-            process.process.send(f"setup {name}\n".encode())
-            process.wait_for("ready")
+    for group in (student, use_reference):
+        if group is not None:
+            group.send(lambda member: f"setup {_write_runner_file(member.folder, setup)}\n".encode())
+            group.wait_all("ready")
     frozen, guarded = False, use_reference is not None
     try:
         for number in range(-warmup, calls):
             inputs = grading.grader.call_inputs(case, secrets.randbits(62))
             order = [student, use_reference] if number % 2 == 0 else [use_reference, student]
-            for process in order:
-                if process is None:
+            for group in order:
+                if group is None:
                     continue
-                if process is student and frozen:
-                    frozen = not student.box.thaw()
-                seconds, event = _call(process, number, inputs)
-                if process is student:
-                    fingerprints.append(event.get("fp"))
+                if group is student and frozen:
+                    student.thaw()
+                    frozen = False
+                before = group.sent_bytes()
+                seconds, fingerprint = _call(group, number, inputs)
+                if group is student:
+                    fingerprints.append(fingerprint)
+                    if number >= 0 and timed.network_bytes is not None:
+                        timed.network_bytes.append(group.sent_bytes() - before)
                     if use_reference is not None:  # frozen while the reference runs
-                        frozen = student.box.freeze()
+                        frozen = student.freeze()
                         guarded = guarded and frozen
                 if number >= 0:
-                    (timed.seconds if process is student else timed.reference_seconds).append(seconds)
+                    (timed.seconds if group is student else timed.reference_seconds).append(seconds)
             if number >= 0:
                 timed.inputs.append(inputs)
     finally:
         if frozen:
-            student.box.thaw()
+            student.thaw()
     timed.frozen = guarded
     return timed, fingerprints[warmup:]
 
 
-def _call(process: _Process, number: int, inputs: dict) -> tuple[float, dict]:
-    name = write_bundle(process.folder, inputs)
+def _call(group: rankgroup.Group, number: int, inputs: dict) -> tuple[float, dict]:
+    """One timed call on every member of ``group``: from the first ``call`` written to the last
+    ``called`` read, on the worker's clock; the fingerprints, ``name@rank`` for a group of ranks."""
+    names = {member.rank: write_bundle(member.folder, inputs) for member in group.members}
     try:
         started = time.monotonic()
-        process.process.send(f"call {number} {name}\n".encode())
-        at, event = process.wait_for("called", "call_failed", number=number)
+        group.send(lambda member: f"call {number} {names[member.rank]}\n".encode())
+        try:
+            replies = group.wait_all(
+                "called", "call_failed", number=number, failed=lambda event: event["type"] == "call_failed"
+            )
+        except rankgroup.GroupEnded as exc:
+            if exc.found and any(event["type"] == "call_failed" for _, event in exc.found.values()):
+                replies = list(exc.found.values())
+            elif group.role == "reference":
+                raise RuntimeError(f"the lab's reference.py stopped in timed call {number + 1}: {exc}") from None
+            else:
+                raise
     finally:
-        (process.folder.runner / CALLS_DIR / name).unlink(missing_ok=True)
-    if event["type"] == "call_failed":
+        for member in group.members:
+            (member.folder.runner / CALLS_DIR / names[member.rank]).unlink(missing_ok=True)
+    if any(event["type"] == "call_failed" for _, event in replies):
         which = f"timed call {number + 1}" if number >= 0 else "a warm-up call"
-        if process.role == "reference":
+        if group.role == "reference":
             raise RuntimeError(f"the lab's reference.py failed in {which}")
-        raise TimingAborted(f"your code raised an error in {which}")
-    return at - started, event
+        raise rankgroup.GroupEnded(f"your code raised an error in {which}")
+    fingerprint: dict = {}
+    for rank, (_, event) in enumerate(replies):
+        fp = event.get("fp")
+        if group.world_size == 1:
+            return replies[0][0] - started, fp
+        for name, value in fp.items() if isinstance(fp, dict) else ():
+            fingerprint[f"{name}@{rank}"] = value
+    return max(at for at, _ in replies) - started, fingerprint
 
 
-def _start(grading, role: str) -> _Process:
-    lab = grading.lab
-    folder = new_job_folder(f"{grading.job_id}{role[0]}", lab=lab, config=grading.config, limits=grading.limits)
-    calls = folder.runner / CALLS_DIR
-    calls.mkdir(mode=0o311)  # the job may open a call's file by its name, never list the folder
-    calls.chmod(0o311)
-    if role == "student":
-        for name, text in grading.files.items():
-            folder.write_box_file(name, text.encode("utf-8"))
-        entry, forbidden = lab.entry, lab.forbidden
-    else:
-        folder.write_box_file("reference.py", lab.reference_module.read_bytes())
-        entry, forbidden = "reference.py", ()
-    gpus = sandbox.assigned_gpus() if grading.device == "cuda" else ()
-    # The lab's wall time covers the whole job, tests and benchmark: these processes get what is left.
-    wall = float(grading.limits["wall_seconds"])
-    left = wall - (time.time() - grading.marks.get("launched", time.time()))
-    box = sandbox.Sandbox(grading.config, folder, {**grading.limits, "wall_seconds": max(left, 1.0)}, gpus)
-    holder = _Process(role=role, process=None, folder=folder, box=box, job_wall_seconds=wall)  # type: ignore[arg-type]
-
-    def on_event(event: dict) -> None:
-        holder.events.append((time.monotonic(), event))
-        del holder.events[:-64]  # a flood keeps the newest only
-
+def _start(grading, role: str, world_size: int) -> rankgroup.Group:
     marked = LineMarker("[benchmark] ")
 
-    def on_output(text: str) -> None:
+    def on_output(rank: int, text: str) -> None:
         if role == "student":  # the same module prints again in this process: say which one it is
             grading.sink.publish(EventType.LOG, {"stream": "output", "text": marked(text)})
 
-    try:
-        holder.process = launcher.JobProcess(
-            harness_command(grading.config, folder, mode="timed", entry=entry, forbidden=forbidden),
-            sandbox=box,
-            env=job_environment(folder, device=grading.device, interpreted=grading.interpreted),
-            on_output=on_output,
-            on_event=on_event,
-        )
-    except BaseException:
-        folder.remove()
-        raise
-    return holder
+    def prepare(folder: JobFolder) -> None:
+        calls = folder.runner / CALLS_DIR
+        calls.mkdir(mode=0o311)  # the job may open a call's file by its name, never list the folder
+        calls.chmod(0o311)
+
+    return rankgroup.Group.start(
+        grading, role=role, world_size=world_size, mode="timed", on_output=on_output, prepare=prepare, tag="t"
+    )
 
 
 def write_bundle(folder: JobFolder, inputs: dict) -> str:
@@ -302,12 +279,16 @@ def _publish(grading, index: int, outcome: str, message: str) -> None:
     grading.sink.publish(EventType.TEST, test.as_dict())
 
 
-def _student_error(processes: list[_Process]) -> dict | None:
-    """The student's error in a timed call, from the record its harness saved, if any."""
-    student = next((p for p in processes if p.role == "student"), None)
-    if student is None:
-        return None
-    record = read_record(student.folder, "timed")
-    if record.get("ok") is False and record["error"].get("type") != "NoOutput":
-        return record["error"]
-    return None
+def _student_error(groups: list[rankgroup.Group]) -> tuple[str, dict | None]:
+    """The student's error in a timed call, from the record a rank's harness saved, if any, and
+    where (``"rank 1 of 4: "`` in a group of ranks): the first rank whose error is its own, not a
+    lost connection to a failed peer."""
+    student = next((g for g in groups if g.role == "student"), None)
+    errors = []
+    for member in student.members if student is not None else ():
+        record = read_record(member.folder, "timed")
+        if record.get("ok") is False and record["error"].get("type") != "NoOutput":
+            where = f"rank {member.rank} of {student.world_size}: " if student.world_size > 1 else ""
+            errors.append((where, record["error"]))
+    own = [e for e in errors if not rankgroup.PEER_LOSS.search(e[1].get("message", "").split("\n")[0])]
+    return (own or errors or [("", None)])[0]

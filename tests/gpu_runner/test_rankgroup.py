@@ -1,0 +1,105 @@
+"""Distributed cases on rank groups (gpu_runner/rankgroup.py): each rank in its own sandbox, on a
+loopback network the worker meters, under the rank seccomp filter. With the ring_lab fixture lab.
+
+The attacks are those of a rank that wants its peer's data without sending it over the network,
+where the worker counts it (docs/security.md, invariant 4).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gpu_runner import seccomp
+from tests.conftest import FIXTURE_LABS
+from tests.gpu_runner.conftest import grade_source
+
+CORRECT = (FIXTURE_LABS / "ring_lab" / "solutions" / "correct" / "sol.py").read_text()
+LIMITS = {"wall_seconds": 40}
+
+
+def _allsum(result) -> dict:
+    return next(t for t in result["tests"] if t["name"] == "allsum")
+
+
+def _grade(body: str):
+    """A submission whose allsum runs ``body`` (with rank, size, t) before the honest exchange."""
+    source = CORRECT.replace("    total = t.clone()\n", "    total = t.clone()\n" + body)
+    result, _ = grade_source(source, lab="ring_lab", limits=LIMITS)
+    return result, _allsum(result)
+
+
+def test_an_honest_group_passes_and_the_worker_counts_what_the_ranks_sent():
+    result, _ = grade_source(CORRECT, lab="ring_lab", limits=LIMITS)
+    assert (result["verdict"], result["score"]) == ("succeeded", 100.0), result["summary"]
+    sent = int(_allsum(result)["message"].split()[-2])
+    # Each rank sends its 1000 float32 once; TCP/IP headers and gloo's own messages come on top.
+    assert 8_000 <= sent < 64_000, sent
+
+
+def test_a_rank_that_sends_more_is_counted_by_the_worker_whatever_it_reports():
+    result, test = _grade(
+        "    if t.numel() == 1000:\n"
+        "        extra = torch.zeros(250_000)\n"
+        "        if rank == 0:\n            dist.send(extra, 1)\n"
+        "        else:\n            dist.recv(extra, 0)\n"
+    )
+    assert test["outcome"] == "passed", test["message"]
+    assert int(test["message"].split()[-2]) > 1_000_000
+
+
+def test_ranks_share_no_files_and_no_shared_memory():
+    result, test = _grade(
+        "    if rank == 0:\n"
+        "        torch.save(t, '/dev/shm/peer.pt')\n        torch.save(t, '/tmp/peer.pt')\n"
+        "        torch.save(t, '/job/peer.pt')\n"
+        "    dist.barrier()\n"
+        "    if rank == 1:\n"
+        "        import os\n"
+        "        found = [p for p in ('/dev/shm/peer.pt', '/tmp/peer.pt', '/job/peer.pt') if os.path.exists(p)]\n"
+        "        assert not found, found\n"
+        "        raise RuntimeError('rank 1 sees nothing of rank 0')\n"
+    )
+    assert test["outcome"] == "failed"
+    assert "rank 1 of 2: raised RuntimeError: rank 1 sees nothing of rank 0" in test["message"], test["message"]
+
+
+def test_abstract_unix_sockets_and_other_netlink_families_are_refused_in_a_rank():
+    result, test = _grade(
+        "    import socket\n"
+        "    refused = []\n"
+        "    for family, kind, proto in ((socket.AF_UNIX, socket.SOCK_STREAM, 0),"
+        " (socket.AF_UNIX, socket.SOCK_DGRAM, 0), (socket.AF_NETLINK, socket.SOCK_DGRAM, 4)):\n"
+        "        try:\n"
+        "            socket.socket(family, kind, proto).close()\n"
+        "        except OSError as exc:\n"
+        "            refused.append(exc.errno)\n"
+        "    raise RuntimeError(f'refused {refused}')\n"
+    )
+    assert "raised RuntimeError: refused [97, 97, 97]" in test["message"], test["message"]  # EAFNOSUPPORT
+
+
+def test_a_failing_rank_is_named_not_the_peer_that_lost_it():
+    result, test = _grade("    if rank == 1:\n        raise ValueError('rank 1 gives up')\n")
+    assert result["verdict"] == "failed" and result["reason"] == "wrong_answer"
+    assert test["message"].startswith("rank 1 of 2: raised ValueError: rank 1 gives up"), test["message"]
+
+
+def test_a_rank_that_dies_or_hangs_fails_its_case_and_the_job_still_ends():
+    result, test = _grade("    if rank == 0:\n        import os\n        os._exit(7)\n")
+    assert test["message"].startswith("rank 0 of 2: its process exited with code 7"), test["message"]
+    result, test = _grade("    if rank == 0:\n        import time\n        time.sleep(3600)\n")
+    assert result["verdict"] == "failed" and "did not finish in time" in test["message"], test["message"]
+
+
+def test_a_forbidden_call_in_a_rank_is_one():
+    result, test = _grade("    dist.all_reduce(t)\n")
+    assert (result["verdict"], result["reason"]) == ("failed", "forbidden_call"), result["summary"]
+    assert "all_reduce() is not allowed" in test["message"]
+
+
+def test_the_rank_filter_is_built_for_the_machines_the_worker_runs_on():
+    for machine in ("x86_64", "aarch64"):
+        program = seccomp.rank_filter(machine)
+        assert len(program) % 8 == 0 and len(program) // 8 == 19
+    with pytest.raises(seccomp.SeccompUnavailable):
+        seccomp.rank_filter("riscv64")
