@@ -246,13 +246,13 @@ def collect(grading: Grading, event: dict) -> bytes | None:
         if entry is not None and "end" not in entry:
             entry["end"] = time.monotonic()
     elif kind == "meter" and grading.current_case is not None:
-        return count_meter(grading, event)
+        return _meter(grading, event)
     elif kind == "case_done" and isinstance(event.get("index"), int) and 0 <= event["index"] < len(grading.cases):
         _check_case(grading, event["index"], float(event.get("duration", 0.0)))
     return None
 
 
-def count_meter(grading: Grading, event: dict) -> bytes:
+def _meter(grading: Grading, event: dict) -> bytes:
     """Count on the worker's side what a case's ``harness.meter`` reports (docs/security.md,
     invariant 4): a counter in the sandbox could be reset, this one only grows."""
     meters = grading.meters.setdefault(grading.current_case, {})

@@ -45,6 +45,9 @@ FAILURE_GRACE_SECONDS = 1.0  # after one rank fails, how long its peers may take
 MAX_EVENTS_KEPT = 64
 # gloo's words for "the rank at the other end went away": a consequence, never the root cause.
 PEER_LOSS = re.compile(r"Connection (closed|reset) by peer|Broken pipe|Connection refused|Timed out|timed out")
+# Events a rank's harness waits on an answer to (or the worker keeps a count of), handled as in a
+# plain case by gpu_runner.grading.collect: a meter, a timed batch's begin and end.
+ANSWERED = ("meter", "bench_begin", "bench_end")
 FAILED = "a rank failed"
 HANG = (
     "did not finish in time (a hang? e.g. a recv with no matching send, or ranks calling collectives in "
@@ -196,17 +199,17 @@ class Group:
                 raise GroupEnded(self.ended(), found)
 
     def pump(self, timeout: float) -> bool:
-        """Handle what every member sent, waiting up to ``timeout`` for more; False once one is over."""
-        for member in self.members:
-            if not member.process.pump(0):
-                return False
+        """Wait up to ``timeout`` for any member's pipes, then handle what every member sent; False
+        once one is over."""
         readers, writers = [], []
         for member in self.members:
+            if member.process.ended:
+                return False
             for key in member.process.selector.get_map().values():
                 (writers if key.data == "stdin" else readers).append(key.fd)
         if timeout > 0:
             select.select(readers, writers, [], timeout)
-        return True
+        return all([member.process.pump(0) for member in self.members])
 
     def ended(self) -> str:
         """Why the group stopped: which member ended, and how."""
@@ -256,7 +259,7 @@ class Group:
 
 def _keeper(member: Member, rank: int, on_event) -> Callable[[dict], bytes | None]:
     def keep(event: dict) -> bytes | None:
-        if on_event is not None and event["type"] == "meter":
+        if on_event is not None and event["type"] in ANSWERED:
             return on_event(rank, event)
         member.events.append((time.monotonic(), event))
         del member.events[:-MAX_EVENTS_KEPT]  # a flood keeps the newest only
@@ -351,9 +354,9 @@ def _start_cases(grading, world_size: int, indices: list[int]) -> Group:
         grading.sink.publish(EventType.LOG, {"stream": "output", "text": marker(text)})
 
     def on_event(rank: int, event: dict) -> bytes | None:
-        from gpu_runner.grading import count_meter  # the worker-kept meters of a plain case (no cycle at import)
+        from gpu_runner.grading import collect  # as for a plain case's (imported here: no cycle at import)
 
-        return count_meter(grading, event)
+        return collect(grading, event)
 
     group = Group.start(
         grading, role="student", world_size=world_size, mode="cases", on_output=on_output, on_event=on_event, tag="r"
@@ -431,7 +434,12 @@ def _fail(grading, index: int, group: Group, failures: dict[int, tuple[str, obje
         message = f"rank {first} of {group.world_size}: {message}"
     others = [r for r in sorted(failures) if r != first]
     if others and failures[first][0] == "error":
-        message += f"\n(ranks {', '.join(map(str, others))} stopped with it)"
+        message += f"\n({'ranks' if len(others) > 1 else 'rank'} {', '.join(map(str, others))} stopped with it)"
+    # The lab's advice for a hang or a rank killed by a signal (``"hints"`` of the case).
+    hints = grading.cases[index].get("hints") or {}
+    for key, hint in hints.items():
+        if (key == "hang" and HANG in message) or (key != "hang" and f"killed by {key}" in message):
+            message += "\n" + str(hint)
     _publish(grading, index, message)
 
 

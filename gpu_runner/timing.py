@@ -181,7 +181,11 @@ def _time_case(grading, index: int, student: rankgroup.Group, reference: rankgro
 def _call(group: rankgroup.Group, number: int, inputs: dict) -> tuple[float, dict]:
     """One timed call on every member of ``group``: from the first ``call`` written to the last
     ``called`` read, on the worker's clock; the fingerprints, ``name@rank`` for a group of ranks."""
-    names = {member.rank: write_bundle(member.folder, inputs) for member in group.members}
+    # A distributed case's call_inputs may return one dict per rank: each rank gets only its own.
+    names = {
+        member.rank: write_bundle(member.folder, inputs[member.rank] if isinstance(inputs, list) else inputs)
+        for member in group.members
+    }
     try:
         started = time.monotonic()
         group.send(lambda member: f"call {number} {names[member.rank]}\n".encode())
@@ -192,10 +196,10 @@ def _call(group: rankgroup.Group, number: int, inputs: dict) -> tuple[float, dic
         except rankgroup.GroupEnded as exc:
             if exc.found and any(event["type"] == "call_failed" for _, event in exc.found.values()):
                 replies = list(exc.found.values())
-            elif group.role == "reference":
+            elif group.role == "reference" and not any(m.process.timed_out for m in group.members):
                 raise RuntimeError(f"the lab's reference.py stopped in timed call {number + 1}: {exc}") from None
             else:
-                raise
+                raise  # the job's time ran out (the student's calls took it) or the student's process ended
     finally:
         for member in group.members:
             (member.folder.runner / CALLS_DIR / names[member.rank]).unlink(missing_ok=True)

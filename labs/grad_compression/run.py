@@ -1,36 +1,35 @@
-"""The sandbox side of grad_compression: the student's 3LC codec, its allreduce on forked gloo ranks,
-and the training run of the metric.
+"""The sandbox side of grad_compression: the student's 3LC codec, one rank's part of its allreduce,
+and one rank's part of the training run of the metric.
 
 Shipped into the sandbox as a file (lab contract v2) and imported before the student's module.
-``run`` runs one case and returns plain data. Errors in the student's code propagate and fail the
-case with their own type and message; a rank that raises, dies or hangs fails it with
-``labs.ranks``' message naming the rank. Nothing here decides a grade: ``grader.py`` checks every
-result in the worker, and evaluates the trained weights on a held-out split that never enters the
-sandbox.
+``run`` runs one case and returns plain data. The codec cases run in the job's one process. The
+distributed cases (``"world_size"`` in the case) run on every rank at once, each rank a process in
+a sandbox of its own, all in one gloo group the harness has joined already
+(``gpu_runner.rankgroup``): here ``run`` does this rank's part, on this rank's own inputs, and
+returns this rank's results. Errors in the student's code propagate and fail the case with their
+own type and message; the worker names the rank that raised, died or hung. Nothing here decides a
+grade: ``grader.py`` checks every result in the worker, and evaluates the trained weights on a
+held-out split that never enters a sandbox.
 
-The bytes each rank sends are counted here, in the rank, at ``ProcessGroup.send``
-(``labs.sandboxed.count_sent_bytes``), and the collectives are refused there: a count the ranks
-could go around through what they share (``/dev/shm``, files, pipes), until issue 11 moves it out.
+The ranks share nothing but a private loopback network, whose bytes the worker counts (the metric
+and the allreduce's byte limit come from that count). The collectives are refused in every rank
+(``labs.sandboxed.refuse_collectives``), and each rank also counts the bytes it passes to
+``ProcessGroup.send`` (``labs.sandboxed.count_sent_bytes``): a hint for the messages of the checks,
+never a figure that is ranked.
 """
 
 from __future__ import annotations
 
-import re
 import traceback
 
 import torch
 import torch.nn.functional as F
 
-from labs import ranks, sandboxed
-
-HANG = re.compile(r"did not finish in time|Timed out waiting")
-# The test in which a rank hung: every later spawn would wait out its timeout too, so they are
-# skipped. (The submission could clear this, only to wait longer.)
-_hung: list[str] = []
+from labs import sandboxed
 
 
 def run(module, inputs: dict, harness):
-    """One case: the codec's stages, the allreduce on 2 to 4 ranks, or the training run."""
+    """One case: the codec's stages, or this rank's part of the allreduce or of the training run."""
     kind = inputs["kind"]
     if kind == "codec":
         return _codec(module, inputs)
@@ -147,39 +146,18 @@ def _codec(module, inputs: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def _spawn(fn, world: int, args: tuple, inputs: dict, harness):
-    if _hung:
-        raise RuntimeError(f"not run: a rank hung in test '{_hung[0]}'; fix that hang first")
-    sandboxed.collective_targets()  # resolved once here (~20 ms), not in every forked rank
-    try:
-        return ranks.spawn(
-            fn, world, args=args, timeout=inputs["timeout"], collective_timeout=inputs["collective_timeout"]
-        )
-    except ranks.RankFailed as exc:
-        name = sandboxed.forbidden_in(exc)
-        if name:
-            raise harness.forbidden(name) from None
-        if HANG.search(str(exc)):
-            _hung.append(inputs["test"])
-            raise RuntimeError(
-                "A rank waited for a message that never came (a hang): e.g. every rank calls a blocking "
-                "recv before its send, or the ranks disagree on how many messages to exchange. Post the "
-                f"receives with irecv and the sends with isend, then wait for all of them.\n{exc}"
-            ) from None
-        raise
-
-
-def _allreduce_rank(rank: int, world: int, module, group: dict, harness) -> list:
-    """One rank of a compressed_allreduce test: each call's result, residual and bytes sent."""
+def _allreduce(module, inputs: dict, harness) -> list:
+    """This rank's part of a compressed_allreduce test: each call's result, residual and the bytes it
+    passed to send (a hint; the worker counts what crossed the network)."""
     sandboxed.refuse_collectives(harness)
     sent = sandboxed.count_sent_bytes()
     allreduce, make = _need(module, "compressed_allreduce"), _need(module, "ThreeLC")
     compressors, calls = {}, []
-    for call in group["calls"]:
+    for call in inputs["calls"]:
         name = call["tensor"]
         if name not in compressors:
-            compressors[name] = make(group["s"])
-        t = call["values"][rank].clone()
+            compressors[name] = make(inputs["s"])
+        t = call["values"].clone()
         before = sent.count
         returned = allreduce(t, compressors[name])
         residual = getattr(compressors[name], "residual", None)
@@ -194,27 +172,20 @@ def _allreduce_rank(rank: int, world: int, module, group: dict, harness) -> list
     return calls
 
 
-def _allreduce(module, inputs: dict, harness) -> list:
-    for name in ("compressed_allreduce", "ThreeLC"):
-        _need(module, name)
-    return [
-        {
-            "world_size": g["world_size"],
-            "ranks": _spawn(_allreduce_rank, g["world_size"], (module, g, harness), inputs, harness),
-        }
-        for g in inputs["groups"]
-    ]
-
-
-def _train_rank(rank: int, world: int, module, inputs: dict, s: float, harness) -> dict:
-    """One rank of the training run: full-batch gradients of its shard, one bucket per step through
-    ``compressed_allreduce``, plain SGD. Returns the trained weights and the bytes it sent."""
+def _train(module, inputs: dict, harness) -> dict:
+    """This rank's part of the training run: full-batch gradients of its own shard, one bucket per
+    step through ``compressed_allreduce``, plain SGD. Returns the trained weights, the sparsity
+    multiplier used and the bytes this rank passed to send (a hint)."""
     sandboxed.refuse_collectives(harness)
     sent = sandboxed.count_sent_bytes()
-    allreduce = _need(module, "compressed_allreduce")
+    allreduce, make = _need(module, "compressed_allreduce"), _need(module, "ThreeLC")
+    s = getattr(module, "SPARSITY_MULTIPLIER", 1.0)
+    if not isinstance(s, (int, float)) or isinstance(s, bool) or not 1.0 <= s < 2.0:
+        raise ValueError(f"SPARSITY_MULTIPLIER must be a number in [1, 2), got {s!r}")
+    before = sent.count
     params = [p.clone().requires_grad_() for p in inputs["init"]]
-    compressor = _need(module, "ThreeLC")(s)  # one bucket, as DDP does: the flat gradient of all parameters
-    x, y = inputs["x_shards"][rank], inputs["y_shards"][rank]
+    compressor = make(float(s))  # one bucket, as DDP does: the flat gradient of all parameters
+    x, y = inputs["x"], inputs["y"]
     for _ in range(inputs["steps"]):
         w1, b1, w2, b2 = params
         logits = torch.relu(x @ w1.t() + b1) @ w2.t() + b2
@@ -224,24 +195,8 @@ def _train_rank(rank: int, world: int, module, inputs: dict, s: float, harness) 
         with torch.no_grad():
             for p, g in zip(params, bucket.split([p.numel() for p in params]), strict=True):
                 p -= inputs["lr"] * g.reshape(p.shape)
-    return {"params": [p.detach().clone() for p in params], "bytes": sent.count}
-
-
-def _train(module, inputs: dict, harness) -> dict:
-    for name in ("compressed_allreduce", "ThreeLC"):
-        _need(module, name)
-    s = getattr(module, "SPARSITY_MULTIPLIER", 1.0)
-    if not isinstance(s, (int, float)) or isinstance(s, bool) or not 1.0 <= s < 2.0:
-        raise ValueError(f"SPARSITY_MULTIPLIER must be a number in [1, 2), got {s!r}")
-    # A gate, not a clock: the worker answers "skip" once any earlier test has failed, so the
-    # training only counts (and costs its 4 ranks' time) for a compressor that passed everything else.
-    try:
-        harness.begin("train")
-    except Exception as exc:
-        if type(exc).__name__ == "NotTimed":
-            raise RuntimeError(
-                "not run: the training run starts only once every other test passes; fix those first"
-            ) from None
-        raise
-    ranks_out = _spawn(_train_rank, inputs["world_size"], (module, inputs, float(s), harness), inputs, harness)
-    return {"sparsity_multiplier": float(s), "ranks": ranks_out}
+    return {
+        "sparsity_multiplier": float(s),
+        "params": [p.detach().clone() for p in params],
+        "bytes": sent.count - before,
+    }

@@ -1,21 +1,18 @@
 """Grader for the ``ring_allreduce`` lab: all-reduce, reduce-scatter and all-gather over send/recv.
 
 Trust split (lab contract v2, docs/authoring-labs.md): ``cases``, ``call_inputs`` and ``check`` run
-in the worker, where the exact sums are computed; ``run.py`` is what runs in the sandbox. It starts
-the ranks with ``labs.ranks`` (gloo over loopback, one forked process per rank); each rank hands
-its inputs to the student's function and sends back what came out, with the bytes it sent, for
-``check`` to judge.
-
-The ranks are forks of one process, so each holds every rank's inputs in memory; a submission
-could read its peers' tensors there instead of receiving them. So each rank flips the signs of
-its inputs at random first, from a seed it draws after the fork and reports with its results
-(``_rank_inputs``): only that rank knows its actual inputs, and ``check`` rebuilds them to compute
-the exact answers. The timed calls do the same with a secret rotation (``_timed_sums``).
+in the worker, where the exact sums are computed; ``run.py`` is what runs in the sandbox. Every case
+is a distributed case: the worker runs it on 2 to 4 ranks, each in a sandbox of its own that
+shares only a loopback network with its peers (``gpu_runner.rankgroup``), and each rank receives
+only its own tensors, so a rank can learn its peers' data only by receiving it. Each rank hands its
+tensors to the student's function and returns what came out, with the bytes it passed to ``send``;
+the worker counts every byte that crossed the network (``network_bytes``), which bounds the
+``bytes_sent`` case whatever a rank reports.
 
 The benchmark is a distributed timed case: the worker times each call of ``run.timed`` (every rank's
-``ring_allreduce`` on fresh tensors from ``call_inputs``) on its own clock, on a pool of 4 ranks in
-the student's process and, interleaved, on a pool running ``reference.py`` (gloo's own
-``all_reduce``) in a clean process the submission never reaches; the metric is the median of the
+``ring_allreduce`` on its own fresh tensor from ``call_inputs``) on its own clock, on 4 ranks running
+the student's module and, interleaved, on 4 ranks running ``reference.py`` (gloo's own
+``all_reduce``) in clean sandboxes the submission never reaches; the metric is the median of the
 per-pair ratios, and every timed call's result is checked here through its fingerprints.
 
 Contract (README.md): for ``p`` ranks and a tensor of ``N`` elements, chunk ``i`` is
@@ -29,17 +26,15 @@ ring's ``2(p-1)/p * N`` elements for an all-reduce, or ``(p-1)/p * N`` for eithe
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from labs.trusted import CheckFailed, check_timed_calls, field, timing_summary
 
-# Per-spawn limit (seconds). A correct solution needs well under a second for any correctness
-# run on 2 busy cores (the 1e6-element all-reduce on 4 ranks takes ~0.15 s), so 15 s only ever
-# trips on a hang.
-SPAWN_TIMEOUT = 15.0
-# Benchmark: a timed case on a pool of 4 ranks, 1,000,003 float32 elements per rank (not a multiple
+# Per-case limit (seconds) for all of a case's ranks. A correct solution needs well under a second
+# for any case on 2 busy cores (the 1e6-element all-reduce on 4 ranks takes ~0.15 s), so 15 s only
+# ever trips on a hang; the later cases are then not run.
+CASE_TIMEOUT = 15.0
+# Benchmark: a timed case on 4 ranks, 1,000,003 float32 elements per rank (not a multiple
 # of 4); timed pairs (student, gloo) after warm-up calls. A pair costs 50 to 150 ms on 2 busy cores,
 # the worker's drawing and writing of each call's 16 MB of inputs included.
 BENCH_WORLD_SIZE = 4
@@ -50,10 +45,23 @@ BENCH_WARMUP = 2
 # sum in any order is off by at most 2(p-1) eps sum|x| per element, far less than 1e-6 of
 # sum |probe * sum| over a million elements; one chunk wrong or lost is off by about 1 / sqrt(p) of it.
 FINGERPRINT_RTOL = 1e-6
+# Advice appended by the worker when a case's ranks hang, or one is aborted by gloo.
+HINTS = {
+    "hang": "(with gloo, dist.send returns only once the receiver has posted the matching recv: if every rank "
+    "sends before it receives, nobody receives. Post the send with dist.isend, then recv, then wait on the send; "
+    "and check that every recv has a matching send of the same length)",
+    "SIGABRT": "(gloo aborts a process whose recv gets a different number of bytes than the matching send sent: "
+    "see the job output for 'Received data size doesn't match'; do sender and receiver agree on every chunk's "
+    "length?)",
+}
 # Bytes: the busiest rank may exceed the ring's per-rank volume by this factor, plus a little for
-# control messages (e.g. passing the chunk lengths around before an all-gather).
+# control messages (e.g. passing the chunk lengths around before an all-gather). That is checked on
+# what each rank reports it passed to send; what crossed the network, counted by the worker for the
+# whole case, may exceed the ranks' ideal total by the same factor plus NETWORK_SLACK per test
+# (TCP/IP headers and acknowledgements, about 1.5% of a large message, and the barrier between tests).
 BYTES_FACTOR = 1.05
 BYTES_SLACK = 1024
+NETWORK_SLACK = 16 * 1024
 # A float sum of p numbers, in any order, is within (p - 1) * eps * sum|x_k| of the exact sum;
 # twice that leaves room for the rounding of the reference. Halving the precision (bfloat16 or
 # float16 on the wire, float32 accumulation of float64) misses it by orders of magnitude.
@@ -106,88 +114,64 @@ def _gather_test(gen: torch.Generator, world_size: int, lengths: list[int], dtyp
     return {"op": AG, "what": what, "tensors": chunks}
 
 
-def _signs(gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    """+1 or -1 per element. run.py draws the same in each rank (_private): the two must stay identical."""
-    return (torch.randint(0, 2, like.shape, generator=gen) * 2 - 1).to(like.dtype)
-
-
-def _rank_inputs(tensors: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
-    """What a rank actually passed to the student, test after test, given the seed it drew.
-    Sign flips are exact in every dtype, and leave sum|x| (the float tolerance) as it was."""
-    gen = torch.Generator().manual_seed(seed)
-    return [tensor * _signs(gen, tensor) for tensor in tensors]
-
-
-# name, points, {world size: [(op, size or shape, or for an all-gather the chunk lengths, dtype)]}, checks.
-# Sizes 1 and p - 1 leave some ranks with empty chunks; 7 is divisible by none of 2, 3, 4.
+# name, points, world size, [(op, size or shape, or for an all-gather the chunk lengths, dtype)], checks.
+# Sizes 1 and p - 1 leave some ranks with empty chunks; 7 is divisible by none of 2, 3, 4. Cases of
+# one world size follow each other, so the worker starts a group of ranks once per size.
 # "wide" spreads the values over six decades, so that summing in another order changes the bits.
 PLAN = [
-    ("allreduce_2_ranks", 15, {2: [(AR, 1, F32), (AR, 7, F64), (AR, 7, I64), (AR, 1000, F32), (AR, 65_537, F64)]}, {}),
+    ("allreduce_2_ranks", 15, 2, [(AR, 1, F32), (AR, 7, F64), (AR, 7, I64), (AR, 1000, F32), (AR, 65_537, F64)], {}),
+    ("allreduce_3_ranks", 15, 3, [(AR, 1, I64), (AR, 2, F32), (AR, 7, F64), (AR, (3, 5), F32), (AR, 10_007, I64)], {}),
+    ("reduce_scatter_3_ranks", 8, 3, [(RS, 1, F32), (RS, 2, I64), (RS, 7, F64), (RS, 1000, F32)], {}),
+    ("allgather_3_ranks", 8, 3, [(AG, [3, 2, 2], F64), (AG, [0, 4, 1], I64), (AG, [1, 0, 0], F32)], {}),
+    ("identical_on_3_ranks", 5, 3, [(AR, 1003, F32), (AR, 1003, F64)], {"identical": True, "wide": True}),
+    ("allreduce_4_ranks", 15, 4, [(AR, 1, F64), (AR, 3, I64), (AR, 7, F32), (AR, 4099, F64), (AR, 1_000_000, F32)], {}),
+    ("reduce_scatter_4_ranks", 7, 4, [(RS, 3, F64), (RS, 7, I64), (RS, 10_001, F32)], {}),
     (
-        "allreduce_3_ranks",
-        15,
-        {3: [(AR, 1, I64), (AR, 2, F32), (AR, 7, F64), (AR, (3, 5), F32), (AR, 10_007, I64)]},
+        "allgather_4_ranks",
+        7,
+        4,
+        [(AG, [1, 0, 0, 0], F32), (AG, [5, 0, 3, 2], I64), (AG, [25_001, 25_001, 25_001, 25_000], F64)],
         {},
     ),
-    (
-        "allreduce_4_ranks",
-        15,
-        {4: [(AR, 1, F64), (AR, 3, I64), (AR, 7, F32), (AR, 4099, F64), (AR, 1_000_000, F32)]},
-        {},
-    ),
-    (
-        "reduce_scatter",
-        15,
-        {
-            3: [(RS, 1, F32), (RS, 2, I64), (RS, 7, F64), (RS, 1000, F32)],
-            4: [(RS, 3, F64), (RS, 7, I64), (RS, 10_001, F32)],
-        },
-        {},
-    ),
-    (
-        "allgather",
-        15,
-        {
-            3: [(AG, [3, 2, 2], F64), (AG, [0, 4, 1], I64), (AG, [1, 0, 0], F32)],
-            4: [(AG, [1, 0, 0, 0], F32), (AG, [5, 0, 3, 2], I64), (AG, [25_001, 25_001, 25_001, 25_000], F64)],
-        },
-        {},
-    ),
-    (
-        "identical_on_all_ranks",
-        10,
-        {3: [(AR, 1003, F32), (AR, 1003, F64)], 4: [(AR, 4099, F32)]},
-        {"identical": True, "wide": True},
-    ),
+    ("identical_on_4_ranks", 5, 4, [(AR, 4099, F32)], {"identical": True, "wide": True}),
     (
         "bytes_sent",
         15,
-        {4: [(AR, 100_003, F32), (RS, 100_003, F32), (AG, [25_001, 25_001, 25_001, 25_000], F32)]},
+        4,
+        [(AR, 100_003, F32), (RS, 100_003, F32), (AG, [25_001, 25_001, 25_001, 25_000], F32)],
         {"count_bytes": True},
     ),
 ]
 
 
 def cases(seed: int, *, device: str = "cpu") -> list[dict]:
-    """Every hidden test, generated from the secret seed so inputs cannot be memorised."""
+    """Every hidden test, generated from the secret seed so inputs cannot be memorised. A case's
+    ``tests`` (every rank's tensors) stay in the worker; rank ``r`` receives ``inputs[r]``, its own."""
     gen = torch.Generator().manual_seed(seed)
     out = []
-    for name, points, runs, checks in PLAN:
-        specs = []
-        for world_size, tests in runs.items():
-            specs.append(
-                {
-                    "world_size": world_size,
-                    "tests": [
-                        _gather_test(gen, world_size, size, dtype)
-                        if op == AG
-                        else _reduce_test(gen, op, world_size, size, dtype, wide=checks.get("wide", False))
-                        for op, size, dtype in tests
-                    ],
-                }
-            )
-        inputs = {"kind": "collectives", "label": name, "runs": specs, "timeout": SPAWN_TIMEOUT}
-        out.append({"name": name, "points": points, "inputs": inputs, **checks})
+    for name, points, world_size, plan, checks in PLAN:
+        tests = [
+            _gather_test(gen, world_size, size, dtype)
+            if op == AG
+            else _reduce_test(gen, op, world_size, size, dtype, wide=checks.get("wide", False))
+            for op, size, dtype in plan
+        ]
+        inputs = [
+            {"tests": [{"op": t["op"], "what": t["what"], "tensor": t["tensors"][rank]} for t in tests]}
+            for rank in range(world_size)
+        ]
+        out.append(
+            {
+                "name": name,
+                "points": points,
+                "world_size": world_size,
+                "timeout": CASE_TIMEOUT,
+                "hints": HINTS,
+                "inputs": inputs,
+                "tests": tests,
+                **checks,
+            }
+        )
     out.append(_benchmark_case())
     return out
 
@@ -203,17 +187,16 @@ def _benchmark_case() -> dict:
             "warmup": BENCH_WARMUP,
             "reference": True,
             "world_size": BENCH_WORLD_SIZE,
-            # "shift": the secret rotation each rank applied to its row (run.timed), read back here.
-            "outputs": {"out": [BENCH_NUMEL], "shift": [1]},
+            "outputs": {"out": [BENCH_NUMEL]},
             "dtype": "float64",  # the probes': see FINGERPRINT_RTOL
         },
     }
 
 
-def call_inputs(case: dict, seed: int) -> dict:
-    """One timed call's fresh inputs: row ``r`` of ``x`` is rank ``r``'s tensor."""
+def call_inputs(case: dict, seed: int) -> list[dict]:
+    """One timed call's fresh inputs, one dict per rank: each rank receives only its own tensor."""
     gen = torch.Generator().manual_seed(seed)
-    return {"x": torch.randn(BENCH_WORLD_SIZE, case["inputs"]["numel"], generator=gen)}
+    return [{"x": torch.randn(case["inputs"]["numel"], generator=gen)} for _ in range(BENCH_WORLD_SIZE)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,61 +352,48 @@ def _check_test(spec: dict, tensors: list[torch.Tensor], results: list, case: di
 
 
 def _check_collectives(case: dict, output) -> None:
-    runs = _list(field(output, "runs", case["name"]), len(case["inputs"]["runs"]), case["name"])
-    for spec_run, rank_outputs in zip(case["inputs"]["runs"], runs, strict=True):
-        world_size, tests = spec_run["world_size"], spec_run["tests"]
-        rank_outputs = _list(rank_outputs, world_size, f"{case['name']}: ranks")
-        inputs, results = [], []
-        for rank, rank_output in enumerate(rank_outputs):
-            seed = field(rank_output, "seed", f"rank {rank}")
-            if not isinstance(seed, int) or not 0 <= seed < 2**63:
-                raise CheckFailed(f"rank {rank}: run() returned a malformed seed; the result is malformed")
-            inputs.append(_rank_inputs([test["tensors"][rank] for test in tests], seed))
-            results.append(_list(field(rank_output, "tests", f"rank {rank}"), len(tests), f"rank {rank}"))
-        for index, spec in enumerate(tests):
-            tensors = [inputs[rank][index] for rank in range(world_size)]
-            _check_test(spec, tensors, [results[rank][index] for rank in range(world_size)], case)
+    tests, world_size = case["tests"], case["world_size"]
+    rank_outputs = _list(output, world_size, f"{case['name']}: ranks")
+    results = [
+        _list(field(rank_output, "tests", f"rank {rank}"), len(tests), f"rank {rank}")
+        for rank, rank_output in enumerate(rank_outputs)
+    ]
+    for index, spec in enumerate(tests):
+        _check_test(spec, spec["tensors"], [results[rank][index] for rank in range(world_size)], case)
+    if case.get("count_bytes"):
+        _check_network(case)
 
 
-def _timed_shifts(case: dict, output) -> dict[int, list[int]]:
-    """The secret rotation each rank applied in each timed call (``run.timed`` reports it as the
-    output ``shift``, whose fingerprint is the rotation times its probe), keyed by ``id`` of the
-    call's inputs."""
-    runtime = case["runtime"]
-    calls = field(output, "calls", "the benchmark")
-    if not isinstance(calls, list) or len(calls) != len(runtime["inputs"]):
-        raise CheckFailed("benchmark: the fingerprints of the timed calls are missing; the result is malformed")
-    probe = float(runtime["probes"]["shift"].reshape(-1)[0])
-    numel = case["inputs"]["numel"]
-    shifts = {}
-    for number, (inputs, fingerprint) in enumerate(zip(runtime["inputs"], calls, strict=True)):
-        found = []
-        for rank in range(BENCH_WORLD_SIZE):
-            value = fingerprint.get(f"shift@{rank}") if isinstance(fingerprint, dict) else None
-            shift = value / probe if isinstance(value, float) and probe != 0.0 else math.nan
-            if not math.isfinite(shift) or abs(shift - round(shift)) > 1e-3 or not 0 <= round(shift) < numel:
-                raise CheckFailed(
-                    f"benchmark: timed call {number + 1}: rank {rank} reported no usable rotation; the result is "
-                    "malformed"
-                )
-            found.append(round(shift))
-        shifts[id(inputs)] = found
-    return shifts
+def _check_network(case: dict) -> None:
+    """What crossed the network in the whole case, counted by the worker, against the ring's total."""
+    world_size = case["world_size"]
+    sent = case["runtime"]["network_bytes"]
+    if sent is None:  # an unsandboxed development worker has no private network to count
+        return
+    ideal = 0.0
+    for spec in case["tests"]:
+        numel = sum(t.numel() for t in spec["tensors"]) if spec["op"] == AG else spec["tensors"][0].numel()
+        ideal += world_size * _ideal_bytes(spec["op"], numel, world_size, spec["tensors"][0].element_size())
+    allowed = BYTES_FACTOR * ideal + NETWORK_SLACK * len(case["tests"])
+    if sent > allowed:
+        raise CheckFailed(
+            f"bytes_sent: the {world_size} ranks sent each other {sent:,} bytes over the network in this case, "
+            f"{sent / ideal:.2f}x the ring's {ideal:,.0f} (allowed: {allowed:,.0f}, headers included). In a ring "
+            "every rank sends one 1/p-sized chunk to its neighbour per step"
+        )
 
 
-def _timed_sums(x: torch.Tensor, shifts: list[int]) -> dict[str, torch.Tensor]:
-    """Every rank's expected result of one timed call: the sum of the ranks' rows, each rotated by
-    the rank's own secret shift (so a rank cannot add up its peers' rows from the call's inputs)."""
-    total = sum(torch.roll(x[rank].double(), shift) for rank, shift in enumerate(shifts))
-    return {f"out@{rank}": total for rank in range(len(shifts))}
+def _timed_sums(inputs: list[dict]) -> dict[str, torch.Tensor]:
+    """Every rank's expected result of one timed call: the sum of the ranks' tensors."""
+    total = sum(rank_inputs["x"].double() for rank_inputs in inputs)
+    return {f"out@{rank}": total for rank in range(len(inputs))}
 
 
 def _check_benchmark(case: dict, output) -> dict:
-    shifts = _timed_shifts(case, output)
     check_timed_calls(
         case,
         output,
-        lambda inputs: _timed_sums(inputs["x"], shifts[id(inputs)]),
+        _timed_sums,
         rtol=FINGERPRINT_RTOL,
         atol=0.0,
         what="ring_allreduce in timed call",
@@ -447,8 +417,5 @@ def check(case: dict, output) -> dict | None:
     """Compare one case's output with the exact answers; raise CheckFailed saying what is wrong."""
     if "timed" in case:
         return _check_benchmark(case, output)
-    kind = case["inputs"]["kind"]
-    if kind == "collectives":
-        _check_collectives(case, output)
-        return None
-    raise CheckFailed(f"internal grader error: unknown case kind {kind!r}")
+    _check_collectives(case, output)
+    return None

@@ -92,18 +92,117 @@ def test_check_step_accepts_the_reference():
     GRADER._check_step("call 1", t, None, step, 1.25)
 
 
-def test_the_held_out_split_stays_with_the_grader():
-    case = next(c for c in GRADER.cases(3) if c["name"] == "train_digits_4_ranks")
-    inputs = case["inputs"]
-    assert "x_test" not in inputs and "y_test" not in inputs and len(case["y_test"]) == GRADER.DIGITS_TEST_SIZE
-    train = torch.cat(inputs["x_shards"])
+@pytest.fixture(scope="module")
+def cases() -> dict[str, dict]:
+    return {case["name"]: case for case in GRADER.cases(3)}
+
+
+def test_the_held_out_split_stays_with_the_grader(cases):
+    case = cases["train_digits_4_ranks"]
+    assert case["world_size"] == GRADER.TRAIN_WORLD_SIZE == len(case["inputs"])
+    assert all("x_test" not in inputs and "y_test" not in inputs for inputs in case["inputs"])
+    assert len(case["y_test"]) == GRADER.DIGITS_TEST_SIZE
+    train = torch.cat([inputs["x"] for inputs in case["inputs"]])
     shared = (train[:, None, :] == case["x_test"][None, :, :]).all(dim=2).any(dim=0)
     assert not shared.any()  # no held-out image is among the ranks' shards
 
 
+def test_every_rank_gets_only_its_own_tensors(cases):
+    distributed = [case for case in cases.values() if "world_size" in case]
+    assert [case["name"] for case in distributed] == [
+        "compressed_allreduce_2_ranks",
+        "compressed_allreduce_3_ranks",
+        "compressed_allreduce_4_ranks",
+        "train_digits_4_ranks",
+    ]
+    assert sum(case["points"] for case in distributed) == 30  # 20 for the allreduce, 10 for the training
+    for case in distributed:
+        assert isinstance(case["inputs"], list) and len(case["inputs"]) == case["world_size"], case["name"]
+        assert case["timeout"] < LAB.limits.wall_seconds
+    for world in GRADER.ALLREDUCE_WORLD_SIZES:
+        inputs = cases[f"compressed_allreduce_{world}_ranks"]["inputs"]
+        for call in range(3):
+            values = [rank["calls"][call]["values"] for rank in inputs]
+            assert all(isinstance(v, torch.Tensor) for v in values)  # one tensor per rank, not the list
+            assert not torch.equal(values[0], values[1])
+    assert torch.equal(inputs[0]["calls"][2]["values"], torch.zeros(3))  # all zeros on rank 0
+
+
+def _allreduce_outputs(case: dict) -> list[list[dict]]:
+    """What a correct submission's ranks return for one compressed_allreduce case."""
+    world, inputs = case["world_size"], case["inputs"]
+    names = [call["tensor"] for call in inputs[0]["calls"]]
+    chains = {
+        name: [
+            GRADER.compress_chain_reference([c["values"] for c in rank["calls"] if c["tensor"] == name], 1.0)
+            for rank in inputs
+        ]
+        for name in set(names)
+    }
+    outputs = [[] for _ in range(world)]
+    for k, name in enumerate(names):
+        position = names[:k].count(name)
+        steps = [chains[name][r][position] for r in range(world)]
+        total = torch.zeros_like(steps[0]["sent"])
+        for step in steps:
+            total += step["sent"]
+        for r in range(world):
+            outputs[r].append(
+                {
+                    "result": total / world,
+                    "returned": None,
+                    "residual": steps[r]["residual"],
+                    "bytes": (world - 1) * (steps[r]["payload"].numel() + 8),
+                }
+            )
+    return outputs
+
+
+def _runtime(case: dict, network_bytes: int | None) -> dict:
+    return {**case, "runtime": {"network_bytes": network_bytes, "meters": {}, "world_size": case["world_size"]}}
+
+
+def test_check_allreduce_takes_the_ranks_outputs_and_bounds_the_bytes_on_the_network(cases):
+    case = cases["compressed_allreduce_3_ranks"]
+    outputs = _allreduce_outputs(case)
+    verdict = GRADER.check(_runtime(case, 15_000), outputs)
+    assert "the ranks sent each other 15000 bytes over the network" in verdict["message"]
+    assert "not metered" in GRADER.check(_runtime(case, None), outputs)["message"]
+    # Float tensors on the wire (899 values, 3596 bytes, to each peer), whatever the ranks counted at send.
+    floats = 3 * 2 * (2 * (3596 + 370) + 12 + 370)
+    with pytest.raises(CheckFailed, match=r"sent each other \d+ bytes over the network .* Send the compressed bytes"):
+        GRADER.check(_runtime(case, floats), outputs)
+    outputs[2][1]["result"] = outputs[2][1]["result"] + 1e-3
+    with pytest.raises(CheckFailed, match=r"world size 3, call 2 of 3 .*, rank 2: t vs the average"):
+        GRADER.check(_runtime(case, 15_000), outputs)
+
+
+def test_check_allreduce_names_a_rank_that_sent_floats(cases):
+    case = cases["compressed_allreduce_2_ranks"]
+    outputs = _allreduce_outputs(case)
+    outputs[1][0]["bytes"] = 3596
+    with pytest.raises(CheckFailed, match=r"call 1 of 3 .*, rank 1: this rank sent 3596 bytes .* Send the compressed"):
+        GRADER.check(_runtime(case, 5_000), outputs)
+
+
+def test_the_metric_is_what_the_ranks_sent_each_other_on_the_network(cases):
+    case = {**cases["train_digits_4_ranks"], "baseline_accuracy": 0.0}  # the untrained weights pass
+    init = case["inputs"][0]["init"]
+    outputs = [{"sparsity_multiplier": 1.25, "params": list(init), "bytes": 90_000} for _ in range(4)]
+    verdict = GRADER.check(_runtime(case, 2_000_000), outputs)
+    assert verdict["metric"] == 2.0
+    assert "4 ranks sent each other 2.000 MB over the network in 200 steps" in verdict["message"]
+    assert "0.360 MB of it passed to send" in verdict["message"]
+    assert GRADER.check(_runtime(case, None), outputs)["metric"] is None  # an unmetered worker ranks nothing
+    outputs[3] = {**outputs[3], "params": [p + 1e-6 for p in init]}
+    with pytest.raises(CheckFailed, match="rank 3's layer 1 weight differs from rank 0's"):
+        GRADER.check(_runtime(case, 2_000_000), outputs)
+
+
 # What run.py may import in the sandbox (docs/authoring-labs.md, lab contract v2): the standard
-# library, torch, numpy and the runner's lib/ (kernels.bench, labs.sandboxed, labs.ranks).
-SANDBOX_IMPORTS = ("__future__", "torch", "numpy", "kernels.bench", "labs.sandboxed", "labs.ranks")
+# library, torch, numpy and the runner's lib/ (kernels.bench, labs.sandboxed); not labs.ranks, since
+# each rank runs in a sandbox of its own.
+SANDBOX_IMPORTS = ("__future__", "torch", "numpy", "kernels.bench", "labs.sandboxed")
 
 
 def test_run_py_is_a_module_that_imports_only_what_the_sandbox_ships():

@@ -1,15 +1,15 @@
-"""Solution `shm_side_channel`: the payloads go through /dev/shm, not through send/recv (an open gap).
+"""Solution `shm_side_channel`: the payloads go through /dev/shm, not through send/recv (a cheat that fails).
 
 A correct 3LC compressor whose ``compressed_allreduce`` writes each rank's payload and header to a
-file in ``/dev/shm`` (a tmpfs every rank of the job shares), then sends one byte to each peer to
-say it is there; each rank reads its peers' payloads from their files. The grader counts the bytes
-passed to ``ProcessGroup.send`` inside the sandbox, so it sees three bytes per rank and step: 0.002 MB
-for the whole training run, against the honest solution's 0.39 MB.
+file in ``/dev/shm``, then sends one byte to each peer to say it is there; each rank reads its
+peers' payloads from their files. When a job's ranks were forked in one sandbox, they shared
+``/dev/shm``, and the grader, which counted the bytes passed to ``ProcessGroup.send`` inside the
+sandbox, saw three bytes per rank and step: this solution succeeded, ranked with 0.002 MB for the
+whole training run against the honest solution's 0.39 MB (issue 11).
 
-This is the known open gap of issue 11: the ranks are forked in one sandbox and share /dev/shm,
-files and pipes, so a count at ``send`` cannot be a meter. Its expected.toml records what it gets
-today (success, ranked with its tiny count); the fix (each rank in its own sandbox, in a shared,
-metered network namespace) must change it.
+Now each rank runs in a sandbox of its own, with its own ``/dev/shm``, and the grader counts the
+bytes the ranks send each other on their private network. A rank finds no file from its peers
+(``FileNotFoundError``), so every distributed test fails; its expected.toml records that.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def _board() -> str:
 
 
 def _slot(call: int, rank: int) -> str:
-    # MASTER_PORT is the group's own (labs.ranks picks a free port per group): one namespace per group.
+    # MASTER_PORT, where set, is the group's own: one namespace per group.
     return os.path.join(_board(), f"3lc_{os.environ.get('MASTER_PORT', '0')}_{call}_{rank}")
 
 

@@ -1,9 +1,8 @@
 """Solution `reads_peer_inputs`: correct on every test, but a timed call skips the messages.
 
-The timed calls' inputs hold every rank's tensor (each rank's row of ``x``), and the caller's frame
-holds them: in a timed call, this ``ring_allreduce`` adds up the rows itself, rotated like its own
-tensor, instead of receiving its peers' chunks, which would beat gloo by far. Each rank rotates its
-row by a shift only it knows before the call, so the sum of the plain rows is wrong, and the
+It looks for its peers' tensors in the caller's frame (the lab's timed()) and adds them up itself
+instead of receiving them, which would beat gloo by far. Each rank runs in a sandbox of its own and
+receives only its own tensor, so whatever it finds is its own: the sum is wrong, and the
 fingerprint of the first timed call says so.
 """
 
@@ -55,19 +54,19 @@ def _allgather_chunks(chunks: list[torch.Tensor]) -> None:
 
 
 def _timed_call_inputs() -> dict | None:
-    """The timed call's inputs, if the caller (the grader's timed()) has them in its frame."""
-    caller = sys._getframe(2).f_locals
-    inputs = caller.get("inputs")
-    if isinstance(inputs, dict) and "x" in inputs and "rank" in inputs and "shift" in caller:
-        return {"x": inputs["x"], "shift": caller["shift"]}
+    """The timed call's inputs, if the caller (the lab's timed()) has them in its frame."""
+    inputs = sys._getframe(2).f_locals.get("inputs")
+    if isinstance(inputs, dict) and "x" in inputs and "rank" in inputs:
+        return inputs
     return None
 
 
 def ring_allreduce(t: torch.Tensor) -> torch.Tensor:
     """Sum ``t`` over all ranks, in place; every rank ends with the same bits. Returns ``t``."""
     peek = _timed_call_inputs()
-    if peek is not None:  # every rank's row is right there: no messages needed
-        t.copy_(torch.roll(peek["x"].sum(0), peek["shift"]))
+    if peek is not None:  # every tensor it can find, added up here: no messages
+        rows = peek["x"].reshape(-1, t.numel())
+        t.copy_(rows.sum(0).view_as(t))
         return t
     flat = t.view(-1) if t.is_contiguous() else t.contiguous().view(-1)
     chunks = list(torch.tensor_split(flat, dist.get_world_size()))  # views: the work is in place
