@@ -17,13 +17,12 @@ from labs.catalog import LabFolder
 HARNESS = Path(__file__).with_name("harness.py")
 KERNELS = Path(__file__).resolve().parent.parent / "kernels"
 LABS = Path(__file__).resolve().parent.parent / "labs"
-# What a lab's run.py may import from the runner folder: the benchmark harness, the rank launcher
-# of distributed labs and the sandbox-side helpers, not the reference kernels or the graders.
+# What a lab's run.py may import from the runner folder: the benchmark harness and the sandbox-side
+# helpers, not the reference kernels or the graders.
 RUNNER_LIBRARY = {
     "lib/kernels/__init__.py": KERNELS / "__init__.py",
     "lib/kernels/bench.py": KERNELS / "bench.py",
     "lib/labs/__init__.py": LABS / "__init__.py",
-    "lib/labs/ranks.py": LABS / "ranks.py",
     "lib/labs/sandboxed.py": LABS / "sandboxed.py",
 }
 

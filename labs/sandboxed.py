@@ -5,22 +5,19 @@ that ranks: these are the guards that catch honest mistakes and the obvious shor
 the library, not launching a kernel), with messages that say what to change. Each patch is
 undone when its block ends, whatever happens inside it.
 
-For distributed labs, whose ranks ``labs.ranks`` forks from this process: ``refuse_collectives``
-(the process group's own collectives, in a rank, for the rest of its life), ``count_sent_bytes``
-(the bytes a rank passes to the group's ``send``) and ``forbidden_in`` (a forbidden call a rank's
-failure reports). The byte count is the one figure here that still ranks (grad_compression's
-metric), and it is not a meter: the ranks share ``/dev/shm``, files and pipes, which it cannot
-see, until issue 11 gives each rank its own sandbox on a metered network.
+For distributed labs, whose ranks the worker runs each in a sandbox of its own
+(``gpu_runner.rankgroup``): ``refuse_collectives`` (the process group's own collectives, in a
+rank, for the rest of its life) and ``count_sent_bytes`` (the bytes a rank passes to the group's
+``send``: a per-rank hint for a check's message; the worker counts what crossed the network).
 
 Importable in the sandbox as ``labs.sandboxed`` (the runner's ``lib/`` folder), like
-``labs.ranks`` and ``kernels.bench``; it imports torch and nothing of the project's.
+``kernels.bench``; it imports torch and nothing of the project's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Iterator
 
 import torch
@@ -220,7 +217,7 @@ def _graph_arg(value, depth: int):
 
 
 # ------------------------------------------------------------------------------------------------
-# distributed labs: the ranks' guards (labs.ranks forks them from this process)
+# distributed labs: the guards of a rank (a process in its own sandbox)
 # ------------------------------------------------------------------------------------------------
 
 # The process group's own collectives. lab.toml forbids the torch.distributed functions; these are
@@ -233,7 +230,6 @@ COLLECTIVE_METHODS = (
 ).split()
 # c10d ops that move no data of their own.
 HARMLESS_OPS = ("barrier", "wait_tensor", "check_for_nan")
-FORBIDDEN_IN_RANK = re.compile(r"forbidden call: ([\w.]+)\(\)")
 
 _targets: list[tuple[object, str, str]] = []
 _refused_in: list[int] = []  # the pid whose patches are in place
@@ -243,8 +239,7 @@ _sent: list[SentBytes] = []
 def collective_targets() -> list[tuple[object, str, str]]:
     """``(owner, attribute, label)`` of every collective :func:`refuse_collectives` refuses: the
     methods of ``ProcessGroup`` and ``Backend`` and the c10d ops (their ``send``/``recv`` too, which
-    would go around :func:`count_sent_bytes`). Resolved once per process (about 20 ms): call it
-    before forking the ranks so that they inherit the list."""
+    would go around :func:`count_sent_bytes`). Resolved once per process (about 20 ms)."""
     if _targets:
         return _targets
     from torch._C._distributed_c10d import Backend, ProcessGroup
@@ -290,9 +285,8 @@ def count_sent_bytes() -> SentBytes:
     """Count, in this process, the bytes of every tensor sent through the process group.
 
     A count kept in the student's process: it catches honest mistakes (whole tensors where chunks
-    should go), it is not a meter. Nothing stops ranks of one job from passing data to each other
-    through what they share (``/dev/shm``, files, pipes) without sending it. Installed once per
-    process; a forked rank keeps counting on its own copy of its parent's counter."""
+    should go) and names the rank, but the student could alter it, so it is never the figure that
+    ranks: the worker's ``network_bytes`` is. Installed once per process."""
     if _sent:
         return _sent[0]
     from torch._C._distributed_c10d import Backend, ProcessGroup
@@ -317,10 +311,3 @@ def forbids(harness, name: str) -> bool:
     except KeyError:
         return False
     return True
-
-
-def forbidden_in(failure: BaseException) -> str | None:
-    """The forbidden call a rank's failure (``labs.ranks.RankFailed``) reports, if any: the lab's
-    ``run`` raises ``harness.forbidden(name)`` for it, so the job's reason is ``forbidden_call``."""
-    found = FORBIDDEN_IN_RANK.search(str(failure))
-    return found.group(1) if found else None

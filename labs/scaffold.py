@@ -22,7 +22,7 @@ resource_class = "cpu"           # cpu | gpu | gpu.xN
 source_course = "Your course, lab N"
 forbidden = ["torch.relu", "torch.nn.functional.relu", "torch.clamp", "torch.clamp_min"]
 max_file_bytes = 65536
-# world_size = 2                 # distributed labs: ranks per job (see labs/ranks.py)
+# world_size = 2                 # distributed labs: the most ranks a case runs on (docs/authoring-labs.md)
 
 [limits]
 wall_seconds = 30

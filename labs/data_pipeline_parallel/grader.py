@@ -2,24 +2,30 @@
 
 Trust split (lab contract v2, docs/authoring-labs.md): ``cases``, ``call_inputs`` and ``check`` run
 in the worker and hold every reference (single-process training, the sequential model's loss and
-gradients, the expected buckets); ``run.py`` is what runs in the sandbox. It starts the ranks with
-``labs.ranks.spawn`` (gloo over loopback, one forked process per rank) and returns what each rank
-computed.
+gradients, the expected buckets); ``run.py`` is what runs in the sandbox. Every correctness case is
+a distributed case: the worker runs it on 2 to 4 ranks, each in a sandbox of its own that shares
+only a loopback network with its peers (``gpu_runner.rankgroup``), and each rank receives only its
+own inputs: its own initial weights and rows of the batch (data parallelism), its own stage's
+weights, and the microbatches' inputs on rank 0 and targets on the last rank only (pipelining). So
+a rank learns its peers' weights, gradients or activations only by receiving them, and ``check``
+gets the list of what each rank returned.
 
 The references are plain single-process PyTorch: what data parallelism and pipelining must
 reproduce exactly, only faster.
 
 The pipeline benchmark is a distributed timed case: the worker times each call of ``run.timed``
-(``gpipe_step`` on both ranks, on fresh microbatches from ``call_inputs``) on its own clock, on a
-pool of 2 ranks in the student's process and, interleaved, on a pool running ``reference.py`` in a
-clean process: each stage's own compute for every microbatch, with no messages, the "ideal" of
-step / ideal. The ratio is computed here from the worker's times, and every timed call's loss and
-gradients are checked through their fingerprints.
+(``gpipe_step`` on both ranks, on fresh microbatches from ``call_inputs``: the inputs to rank 0, the
+targets to rank 1) on its own clock, on 2 ranks running the student's module and, interleaved, on 2
+ranks running ``reference.py`` in clean sandboxes: each stage's own compute for every microbatch,
+with no messages, the "ideal" of step / ideal. The ratio is computed here from the worker's times,
+and every timed call's loss and gradients are checked through their fingerprints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +40,27 @@ DDP_RTOL, DDP_ATOL = 1e-6, 1e-9
 # All ranks apply the same averaged gradient, so they must agree to rounding.
 AGREE_RTOL, AGREE_ATOL = 1e-10, 1e-12
 PIPE_RTOL, PIPE_ATOL = 1e-8, 1e-12
-# Per spawn of the ranks. Honest cases take 0.1 to 0.5 s on 2 cores with a little other load, and
-# at most 3 s with 8 runnable processes on 2 cores (every message needs the peer process
-# scheduled, so the pipeline cases suffer most). A hang costs this much per case.
-SPAWN_TIMEOUT_SECONDS = 10.0
+# Per case, for all of its ranks (the ranks are started and have joined their group before it).
+# Honest cases take 0.1 to 0.5 s on 2 cores with a little other load, and at most 3 s with 8
+# runnable processes on 2 cores (every message needs the peer process scheduled, so the pipeline
+# cases suffer most); a rank's first out.backward(grad) also imports sympy (run.py), 1 to 4 s of
+# CPU. A hang costs this once: the worker then runs no later distributed case.
+CASE_TIMEOUT_SECONDS = 20.0
+# The lab's advice, added by the worker to the message of a case that hangs or whose rank gloo
+# aborts (SIGABRT: a recv of another size than the matching send, ranks' collectives of different sizes).
+DDP_HINTS = {
+    "hang": "(every rank must make the same collective calls in the same order: the constructor's broadcasts, "
+    "then one all_reduce per bucket in every backward, with the same buckets on every rank)",
+    "SIGABRT": "(gloo aborts a process whose collective gets a tensor of another size than its peers': do all "
+    "ranks build the same buckets, in the same order?)",
+}
+PIPE_HINTS = {
+    "hang": "(every send needs its recv on the neighbouring rank, in the same order: in forward a middle stage "
+    "receives from rank - 1 and sends to rank + 1, in backward the reverse; draw the messages of 3 ranks and 2 "
+    "microbatches)",
+    "SIGABRT": "(gloo aborts a process whose recv gets a different number of bytes than the matching send sent: "
+    "see the job output for 'Received data size doesn't match'; does every receiver know the shape it receives?)",
+}
 DATA_FEATURES = 64
 DDP_GLOBAL_BATCH = 48  # divisible by 2, 3 and 4: every rank gets the same number of rows
 DDP_STEPS, DDP_LR, DDP_MOMENTUM = 5, 0.1, 0.9
@@ -130,6 +153,24 @@ def _buckets(numels: list[int], cap_mb: float, element_size: int = 8) -> list[li
     return buckets
 
 
+@contextlib.contextmanager
+def _single_thread() -> Iterator[None]:
+    """The references on one thread: small matrices, where more threads only spin (10x the time on
+    a busy 2-core worker)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _rows(world: int, rank: int, total: int) -> slice:
+    """Rank ``rank``'s rows of a global batch of ``total`` rows: its own contiguous share."""
+    per = total // world
+    return slice(rank * per, (rank + 1) * per)
+
+
 def _ddp_init_case(gen: torch.Generator) -> dict:
     sizes, world, rows = [DATA_FEATURES, 24, 10], 3, 6
     model = _mlp(sizes)
@@ -141,7 +182,12 @@ def _ddp_init_case(gen: torch.Generator) -> dict:
     return {
         "name": "ddp_broadcast_init",
         "points": 10,
-        "inputs": {"kind": "ddp_init", "world_size": world, "sizes": sizes, "init": inits, "x": xs},
+        "world_size": world,
+        # Each rank gets only its own initial weights: it can hold rank 0's only by receiving them.
+        # (A rank's tensors are clones: a view would carry the whole batch's storage with it.)
+        "inputs": [{"kind": "ddp_init", "sizes": sizes, "init": inits[r], "x": xs[r].clone()} for r in range(world)],
+        "kind": "ddp_init",
+        "hints": DDP_HINTS,
         "names": [n for n, _ in model.named_parameters()],
         "expected_params": inits[0],
         "expected_out": outs,
@@ -161,20 +207,29 @@ def _ddp_train_case(name: str, gen: torch.Generator, *, world: int, cap_mb: floa
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(xs[step]), ys[step]).backward()
         _sgd_step(params, buffers, DDP_LR, DDP_MOMENTUM)
+    # Each rank gets only its own rows of every step's batch (and its own initial weights): the
+    # gradient of the whole batch exists only once the ranks have averaged theirs.
+    shards = [_rows(world, r, DDP_GLOBAL_BATCH) for r in range(world)]
     return {
         "name": name,
         "points": 15,
-        "inputs": {
-            "kind": "ddp_train",
-            "world_size": world,
-            "sizes": sizes,
-            "init": inits,
-            "x": xs,
-            "y": ys,
-            "lr": DDP_LR,
-            "momentum": DDP_MOMENTUM,
-            "bucket_cap_mb": cap_mb,
-        },
+        "world_size": world,
+        "inputs": [
+            {
+                "kind": "ddp_train",
+                "sizes": sizes,
+                "init": inits[r],
+                "x": xs[:, shards[r]].clone(),
+                "y": ys[:, shards[r]].clone(),
+                "lr": DDP_LR,
+                "momentum": DDP_MOMENTUM,
+                "bucket_cap_mb": cap_mb,
+            }
+            for r in range(world)
+        ],
+        "kind": "ddp_train",
+        "hints": DDP_HINTS,
+        "bucket_cap_mb": cap_mb,
         "names": [n for n, _ in model.named_parameters()],
         "expected_params": [p.detach().clone() for p in model.parameters()],
     }
@@ -186,18 +241,26 @@ def _ddp_buckets_case(name: str, gen: torch.Generator, *, world: int) -> dict:
     x, y = _classification_data(gen, 8 * world)
     numels = [p.numel() for p in model.parameters()]
     buckets = _buckets(numels, BUCKET_CAP_MB)
+    shards = [_rows(world, r, x.shape[0]) for r in range(world)]
     return {
         "name": name,
         "points": 10,
-        "inputs": {
-            "kind": "ddp_buckets",
-            "world_size": world,
-            "sizes": BUCKET_SIZES,
-            "init": inits,
-            "x": x,
-            "y": y,
-            "bucket_cap_mb": BUCKET_CAP_MB,
-        },
+        "world_size": world,
+        "inputs": [
+            {
+                "kind": "ddp_buckets",
+                "sizes": BUCKET_SIZES,
+                "init": inits[r],
+                "x": x[shards[r]].clone(),
+                "y": y[shards[r]].clone(),
+                "bucket_cap_mb": BUCKET_CAP_MB,
+            }
+            for r in range(world)
+        ],
+        "kind": "ddp_buckets",
+        "hints": DDP_HINTS,
+        "sizes": BUCKET_SIZES,
+        "bucket_cap_mb": BUCKET_CAP_MB,
         "bucket_numels": [sum(numels[i] for i in bucket) for bucket in buckets],
         # Buckets holding neither parameter of the first layer are complete before backward reaches
         # the first layer, so their all-reduce must already have been started by then.
@@ -211,11 +274,22 @@ def _pipeline_reference(widths, stages, weights, xs, ys) -> tuple[float, list[li
     model = nn.Sequential(*modules)
     m = len(xs)
     total = 0.0
-    for x, y in zip(xs, ys, strict=True):
-        loss = F.mse_loss(model(x), y) / m
-        loss.backward()
-        total += loss.item()
+    with _single_thread():
+        for x, y in zip(xs, ys, strict=True):
+            loss = F.mse_loss(model(x), y) / m
+            loss.backward()
+            total += loss.item()
     return total, [[p.grad.detach().clone() for p in module.parameters()] for module in modules]
+
+
+def _stage_inputs(rank: int, world: int, *, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """What one rank's stage gets of the microbatches: the inputs on rank 0, the targets on the last."""
+    mine = {}
+    if rank == 0:
+        mine["x"] = x
+    if rank == world - 1:
+        mine["y"] = y
+    return mine
 
 
 def _gpipe_case(name: str, gen, *, widths, stages, microbatches: int, rows: int, schedule: bool = False) -> dict:
@@ -223,19 +297,30 @@ def _gpipe_case(name: str, gen, *, widths, stages, microbatches: int, rows: int,
     xs = torch.randn(microbatches, rows, widths[0], generator=gen, dtype=torch.float64)
     ys = torch.randn(microbatches, rows, widths[-1], generator=gen, dtype=torch.float64)
     loss, grads = _pipeline_reference(widths, stages, weights, xs, ys)
+    world = len(stages)
     return {
         "name": name,
         "points": 10,
-        "inputs": {
-            "kind": "gpipe",
-            "world_size": len(stages),
-            "widths": widths,
-            "stages": stages,
-            "weights": weights,
-            "x": xs,
-            "y": ys,
-            "schedule": schedule,
-        },
+        "world_size": world,
+        # Each rank gets only its own stage's weights, and the microbatches' inputs (rank 0) or
+        # targets (the last rank): activations and their gradients must cross the network.
+        "inputs": [
+            {
+                "kind": "gpipe",
+                "widths": widths,
+                "layers": stages[r],
+                "weights": weights[r],
+                "microbatches": microbatches,
+                "schedule": schedule,
+                **_stage_inputs(r, world, x=xs, y=ys),
+            }
+            for r in range(world)
+        ],
+        "kind": "gpipe",
+        "hints": PIPE_HINTS,
+        "widths": widths,
+        "stages": stages,
+        "microbatches": microbatches,
         "check": "schedule" if schedule else "values",
         "names": [[n for n, _ in _stage(widths, layer_ids).named_parameters()] for layer_ids in stages],
         "expected_loss": loss,
@@ -273,50 +358,73 @@ def _benchmark_case(gen) -> dict:
     }
 
 
-def call_inputs(case: dict, seed: int) -> dict:
-    """One timed call's fresh microbatches: ``x`` for rank 0, ``y`` (the targets) for the last rank."""
+def call_inputs(case: dict, seed: int) -> list[dict]:
+    """One timed call's fresh microbatches, one dict per rank: the inputs ``x`` for rank 0, the
+    targets ``y`` for the last rank (a rank gets only its own)."""
     gen = torch.Generator().manual_seed(seed)
     inputs = case["inputs"]
     widths, shape = inputs["widths"], (inputs["microbatches"], inputs["rows"])
-    return {
-        "x": torch.randn(*shape, widths[0], generator=gen, dtype=torch.float64),
-        "y": torch.randn(*shape, widths[-1], generator=gen, dtype=torch.float64),
-    }
+    x = torch.randn(*shape, widths[0], generator=gen, dtype=torch.float64)
+    y = torch.randn(*shape, widths[-1], generator=gen, dtype=torch.float64)
+    world = len(inputs["stages"])
+    return [_stage_inputs(r, world, x=x, y=y) for r in range(world)]
+
+
+# The cases run in this order, each on a group of ranks that the worker starts for a run of cases of
+# the same world size (a process per rank: about a second of CPU each, torch's import). Grouped by
+# world size, they need 4 groups instead of 9; the two cases where a middle stage can hang (3 and 4
+# pipeline stages) come last, because after a hang the worker runs no later distributed case.
+ORDER = (
+    "ddp_train_2_ranks",
+    "ddp_buckets",
+    "gpipe_2_ranks",
+    "gpipe_schedule",
+    "ddp_train_4_ranks_small_buckets",
+    "ddp_broadcast_init",
+    "ddp_overlap",
+    "gpipe_3_ranks",
+    "gpipe_4_ranks_3_microbatches",
+    "pipeline_benchmark",
+)
 
 
 def cases(seed: int, *, device: str = "cpu") -> list[dict]:
     """Every hidden test, generated from the secret seed so inputs cannot be memorised."""
     gen = torch.Generator().manual_seed(seed)
-    out = [
-        _ddp_init_case(gen),
-        _ddp_train_case("ddp_train_2_ranks", gen, world=2, cap_mb=None),
-        _ddp_train_case("ddp_train_4_ranks_small_buckets", gen, world=4, cap_mb=0.01),
-        _ddp_buckets_case("ddp_buckets", gen, world=2),
-        _ddp_buckets_case("ddp_overlap", gen, world=3),
-        _gpipe_case("gpipe_2_ranks", gen, widths=[12, 20, 6], stages=[[0], [1]], microbatches=4, rows=5),
-        _gpipe_case(
-            "gpipe_3_ranks",
-            gen,
-            widths=[10, 18, 14, 9, 7, 5],
-            stages=[[0, 1], [2, 3], [4]],
-            microbatches=4,
-            rows=3,
-        ),
-        _gpipe_case(
-            "gpipe_4_ranks_3_microbatches",
-            gen,
-            widths=[8, 16, 12, 11, 4],
-            stages=[[0], [1], [2], [3]],
-            microbatches=3,
-            rows=4,
-        ),
-        _gpipe_case("gpipe_schedule", gen, widths=[9, 13, 7], stages=[[0], [1]], microbatches=4, rows=4, schedule=True),
-        _benchmark_case(gen),
-    ]
+    with _single_thread():
+        out = [
+            _ddp_init_case(gen),
+            _ddp_train_case("ddp_train_2_ranks", gen, world=2, cap_mb=None),
+            _ddp_train_case("ddp_train_4_ranks_small_buckets", gen, world=4, cap_mb=0.01),
+            _ddp_buckets_case("ddp_buckets", gen, world=2),
+            _ddp_buckets_case("ddp_overlap", gen, world=3),
+            _gpipe_case("gpipe_2_ranks", gen, widths=[12, 20, 6], stages=[[0], [1]], microbatches=4, rows=5),
+            _gpipe_case(
+                "gpipe_3_ranks",
+                gen,
+                widths=[10, 18, 14, 9, 7, 5],
+                stages=[[0, 1], [2, 3], [4]],
+                microbatches=4,
+                rows=3,
+            ),
+            _gpipe_case(
+                "gpipe_4_ranks_3_microbatches",
+                gen,
+                widths=[8, 16, 12, 11, 4],
+                stages=[[0], [1], [2], [3]],
+                microbatches=3,
+                rows=4,
+            ),
+            _gpipe_case(
+                "gpipe_schedule", gen, widths=[9, 13, 7], stages=[[0], [1]], microbatches=4, rows=4, schedule=True
+            ),
+            _benchmark_case(gen),
+        ]
     for case in out:
-        if "timed" not in case:
-            case["inputs"]["timeout"] = SPAWN_TIMEOUT_SECONDS
-    return out
+        if "world_size" in case:
+            case["timeout"] = CASE_TIMEOUT_SECONDS
+    by_name = {case["name"]: case for case in out}
+    return [by_name[name] for name in ORDER]
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,8 +433,9 @@ def cases(seed: int, *, device: str = "cpu") -> list[dict]:
 
 
 def _per_rank(output, world: int) -> list[dict]:
+    """The ranks' results, in rank order (the worker's list of what each rank's ``run`` returned)."""
     if not isinstance(output, (list, tuple)) or len(output) != world:
-        raise CheckFailed(f"run() returned {type(output).__name__}, expected one result per rank; result malformed")
+        raise CheckFailed(f"expected one result from each of {world} ranks, got {type(output).__name__}; malformed")
     for rank, part in enumerate(output):
         if not isinstance(part, dict):
             raise CheckFailed(f"rank {rank} returned {type(part).__name__}; the result is malformed")
@@ -340,8 +449,7 @@ def _tensors(values, count: int, what: str) -> list[torch.Tensor]:
 
 
 def _check_ddp_init(case: dict, output) -> None:
-    inputs, names = case["inputs"], case["names"]
-    world = inputs["world_size"]
+    names, world = case["names"], case["world_size"]
     for rank, part in enumerate(_per_rank(output, world)):
         params = _tensors(field(part, "params", f"rank {rank}"), len(names), f"rank {rank}'s parameters")
         for name, got, want in zip(names, params, case["expected_params"], strict=True):
@@ -368,8 +476,7 @@ def _check_ddp_init(case: dict, output) -> None:
 
 
 def _check_ddp_train(case: dict, output) -> None:
-    inputs, names = case["inputs"], case["names"]
-    world = inputs["world_size"]
+    names, world, cap = case["names"], case["world_size"], case["bucket_cap_mb"]
     parts = _per_rank(output, world)
     finals = [
         _tensors(field(p, "params", f"rank {r}"), len(names), f"rank {r}'s parameters") for r, p in enumerate(parts)
@@ -377,7 +484,7 @@ def _check_ddp_train(case: dict, output) -> None:
     setting = (
         f"{DDP_STEPS} SGD steps (lr {DDP_LR}, momentum {DDP_MOMENTUM}) on {world} ranks, "
         f"{DDP_GLOBAL_BATCH // world} rows each, "
-        + ("default bucket_cap_mb" if inputs["bucket_cap_mb"] is None else f"bucket_cap_mb={inputs['bucket_cap_mb']}")
+        + ("default bucket_cap_mb" if cap is None else f"bucket_cap_mb={cap}")
     )
     for rank in range(1, world):
         for name, mine, theirs in zip(names, finals[rank], finals[0], strict=True):
@@ -400,10 +507,9 @@ def _check_ddp_train(case: dict, output) -> None:
 
 
 def _check_ddp_buckets(case: dict, output) -> None:
-    inputs = case["inputs"]
-    world, cap = inputs["world_size"], inputs["bucket_cap_mb"]
+    world, cap = case["world_size"], case["bucket_cap_mb"]
     part = _per_rank(output, world)[0]
-    setting = f"one backward on {world} ranks, model {inputs['sizes']}, bucket_cap_mb={cap}"
+    setting = f"one backward on {world} ranks, model {case['sizes']}, bucket_cap_mb={cap}"
     calls = field(part, "calls", "rank 0")
     expected = case["bucket_numels"]
     if not isinstance(calls, list) or not all(isinstance(n, int) for n in calls):
@@ -468,8 +574,7 @@ def _check_loss(value, want: float, what: str) -> None:
 
 
 def _check_gpipe(case: dict, output) -> None:
-    inputs = case["inputs"]
-    world, m = inputs["world_size"], inputs["x"].shape[0]
+    world, m = case["world_size"], case["microbatches"]
     parts = _per_rank(output, world)
     setting = f"gpipe_step on {world} ranks with {m} microbatches"
     if case["check"] == "schedule":
@@ -488,11 +593,12 @@ def _check_gpipe(case: dict, output) -> None:
     _check_stage_grads(case, parts, case["expected_grads"], setting)
 
 
-def _timed_expected(case: dict, inputs: dict) -> dict[str, torch.Tensor]:
+def _timed_expected(case: dict, inputs: list[dict]) -> dict[str, torch.Tensor]:
     """What every rank of one timed call must hold: the sequential model's gradients of its stage,
-    and the loss on the last rank (0 on the others)."""
+    and the loss on the last rank (0 on the others). ``inputs``: the call's, one dict per rank."""
     static = case["inputs"]
-    loss, grads = _pipeline_reference(static["widths"], static["stages"], static["weights"], inputs["x"], inputs["y"])
+    x, y = inputs[0]["x"], inputs[-1]["y"]
+    loss, grads = _pipeline_reference(static["widths"], static["stages"], static["weights"], x, y)
     last = len(static["stages"]) - 1
     expected = {}
     for rank, names in enumerate(case["names"]):
@@ -525,6 +631,9 @@ def _check_benchmark(case: dict, output) -> dict:
         f"{bubble * ref_ms:.1f} ms ((m + p - 1) / m x the stages' own compute for all {m} microbatches, no "
         f"messages); timing: {summary['message']}"
     )
+    sent = runtime.get("network_bytes")
+    if isinstance(sent, list) and sent:
+        figures += f"; your ranks sent each other {sorted(sent)[len(sent) // 2]} bytes per step (median)"
     if ratio < FLOOR_SLACK * floor:
         # No step can beat its stages' compute: the machine's load skewed the reference's calls;
         # the answers were right, so the case passes, unranked.
@@ -538,11 +647,20 @@ def _check_benchmark(case: dict, output) -> dict:
     }
 
 
+def _network(case: dict) -> dict | None:
+    """What the worker counted on the ranks' network during a case, for the student's information."""
+    sent = case.get("runtime", {}).get("network_bytes")
+    if not isinstance(sent, int):
+        return None  # not counted (a development worker without a network of the group's own)
+    return {"message": f"the {case['world_size']} ranks sent each other {sent} bytes (headers included)"}
+
+
 def check(case: dict, output) -> dict | None:
-    """Compare one case's output with the trusted references; raise CheckFailed saying what is wrong."""
+    """Compare one case's output (the list of what each rank returned) with the trusted references;
+    raise CheckFailed saying what is wrong."""
     if "timed" in case:
         return _check_benchmark(case, output)
-    kind = case["inputs"]["kind"]
+    kind = case["kind"]
     if kind == "ddp_init":
         _check_ddp_init(case, output)
     elif kind == "ddp_train":
@@ -553,4 +671,4 @@ def check(case: dict, output) -> dict | None:
         _check_gpipe(case, output)
     else:
         raise CheckFailed(f"internal grader error: unknown case kind {kind!r}")
-    return None
+    return _network(case)

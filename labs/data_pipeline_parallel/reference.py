@@ -1,15 +1,15 @@
 """The ideal of the pipeline benchmark behind the student's interface: ``gpipe_step`` as each stage's
 own compute for every microbatch, with no messages.
 
-The worker imports this file in a clean sandbox (no student code, nothing patched), forks a pool of
-2 ranks from it and runs the lab's ``run.timed`` on them call by call, interleaved with the
-student's calls. A call ends when the slower stage has run the forward and backward of all ``m``
+The worker imports this file in 2 clean sandboxes of its own (one per rank: no student code, nothing
+patched) and runs the lab's ``run.timed`` on them call by call, interleaved with the student's
+calls. A call ends when the slower stage has run the forward and backward of all ``m``
 microbatches: the compute a GPipe step cannot avoid. The grader multiplies it by the bubble,
 ``(m + p - 1) / m``, for the ideal step of step / ideal.
 
 A stage that is not the first gets no input from the microbatches (it would receive it), and a
 stage that is not the last gets no gradient of its output: stand-ins of the right shape, drawn once,
-take their place. The benchmark's stages have the same widths at both ends, and its two ranks hold
+take their place. The benchmark's stages have the same widths at both ends, and its two ranks get
 the inputs (rank 0) and the targets (rank 1), so every stage knows the microbatches' rows.
 """
 

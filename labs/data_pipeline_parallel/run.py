@@ -1,41 +1,38 @@
-"""The sandbox side of data_pipeline_parallel: the student's MyDDP and gpipe_step on forked gloo ranks.
+"""The sandbox side of data_pipeline_parallel: one rank's part of a case, in that rank's own sandbox.
 
 Shipped into the sandbox as a file (lab contract v2) and imported before the student's module.
-``run`` runs one correctness case: it starts the case's ranks with ``labs.ranks.spawn`` (gloo over
-loopback, one forked process per rank), calls the student's code on each and returns what each
-rank computed, as plain data. ``timed`` runs one timed call of the pipeline benchmark on one rank
-of the worker's pool. A rank that raises, dies or hangs fails the case with ``labs.ranks``' message
-naming it. Nothing here decides a grade: ``grader.py`` checks every result in the worker, and the
-worker times the benchmark.
+The worker runs each case on its ranks, each in a sandbox of its own that shares only a metered
+loopback network with its peers, with the gloo process group already joined
+(``gpu_runner.rankgroup``). ``run`` builds this rank's part of the case from its own inputs (its
+initial weights and rows of the batch, or its pipeline stage and, on the first and last rank, the
+microbatches' inputs or targets), calls the student's ``MyDDP`` or ``gpipe_step`` and returns what
+this rank computed, as plain data; the worker hands ``check`` the list of every rank's. ``timed``
+runs one timed call of the pipeline benchmark on this rank. Nothing here decides a grade:
+``grader.py`` checks every result in the worker, and the worker times the benchmark.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.fx.experimental.symbolic_shapes  # noqa: F401 - see below
 import torch.nn.functional as F
 from torch import nn
 
-from labs import ranks, sandboxed
-
-# torch.fx.experimental.symbolic_shapes: the first out.backward(grad) of a process imports it (and
-# sympy), 1 to 4 s of CPU that every forked rank would pay again in every case. Imported here once,
-# before the ranks are forked, they inherit it.
-
 
 def run(module, inputs: dict, harness):
-    """Start the case's ranks, call the student's ``MyDDP`` or ``gpipe_step`` on each; one result per rank."""
+    """This rank's part of one case: the student's ``MyDDP`` or ``gpipe_step``; this rank's result."""
     on_rank = ON_RANK.get(inputs["kind"])
     if on_rank is None:
         raise ValueError(f"unknown case kind {inputs['kind']!r}")
-    try:
-        return ranks.spawn(on_rank, int(inputs["world_size"]), args=(module, inputs), timeout=float(inputs["timeout"]))
-    except ranks.RankFailed as exc:
-        name = sandboxed.forbidden_in(exc)  # a forbidden call inside a rank is reported as one
-        if name:
-            raise harness.forbidden(name) from None
-        raise
+    return on_rank(int(inputs["rank"]), int(inputs["world_size"]), module, inputs)
+
+
+def _ready_for_backward_from_a_gradient() -> None:
+    """The first ``out.backward(grad)`` of a process imports torch.fx.experimental.symbolic_shapes
+    (and sympy): 1 to 4 s of CPU. Paid here, before the student's ``gpipe_step`` starts, not in the
+    middle of its schedule; and only in the processes that need it (a pipeline stage that is not the
+    last), not at import in every rank's process (each rank is a process of its own)."""
+    import torch.fx.experimental.symbolic_shapes  # noqa: F401
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,9 +91,12 @@ def _plain_loss(value):
     return f"<{type(value).__name__}>"
 
 
-def _microbatches(rank: int, world_size: int, xs, ys) -> list:
-    first, last = rank == 0, rank == world_size - 1
-    return [(x if first else None, y if last else None) for x, y in zip(xs, ys, strict=True)]
+def _microbatches(m: int, xs, ys) -> list:
+    """``m`` pairs ``(x, y)``: this rank's inputs (rank 0) and targets (the last rank), else None."""
+    for what, values in (("inputs", xs), ("targets", ys)):
+        if values is not None and len(values) != m:
+            raise ValueError(f"{len(values)} microbatch {what} for {m} microbatches")
+    return [(None if xs is None else xs[i], None if ys is None else ys[i]) for i in range(m)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,11 +105,11 @@ def _microbatches(rank: int, world_size: int, xs, ys) -> list:
 
 
 def _ddp_init(rank: int, world_size: int, module, inputs: dict) -> dict:
-    model = _load(_mlp(inputs["sizes"]), inputs["init"][rank])
+    model = _load(_mlp(inputs["sizes"]), inputs["init"])  # this rank's own initial weights
     ddp = _wrap(module, model, None)
     params = [p.detach().clone() for p in model.parameters()]
     with torch.no_grad():
-        out = _forward(ddp, inputs["x"][rank])
+        out = _forward(ddp, inputs["x"])
     return {"params": params, "out": out.detach().clone()}
 
 
@@ -127,15 +127,13 @@ def _sgd_step(params: list, buffers: list, lr: float, momentum: float) -> None:
 
 
 def _ddp_train(rank: int, world_size: int, module, inputs: dict) -> dict:
-    model = _load(_mlp(inputs["sizes"]), inputs["init"][rank])
+    model = _load(_mlp(inputs["sizes"]), inputs["init"])
     ddp = _wrap(module, model, inputs["bucket_cap_mb"])
     params = list(model.parameters())
     buffers = [None] * len(params)
-    per = inputs["x"].shape[1] // world_size
-    rows = slice(rank * per, (rank + 1) * per)
-    for x, y in zip(inputs["x"], inputs["y"], strict=True):
+    for x, y in zip(inputs["x"], inputs["y"], strict=True):  # this rank's rows of each step's batch
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(_forward(ddp, x[rows]), y[rows]).backward()
+        F.cross_entropy(_forward(ddp, x), y).backward()
         _sgd_step(params, buffers, inputs["lr"], inputs["momentum"])
     return {"params": [p.detach().clone() for p in model.parameters()]}
 
@@ -143,11 +141,9 @@ def _ddp_train(rank: int, world_size: int, module, inputs: dict) -> dict:
 def _ddp_buckets(rank: int, world_size: int, module, inputs: dict) -> dict:
     """One backward: the all-reduces it makes, and how many were started by the time the first
     layer's gradient is computed (the last gradient backward produces)."""
-    model = _load(_mlp(inputs["sizes"]), inputs["init"][rank])
+    model = _load(_mlp(inputs["sizes"]), inputs["init"])
     ddp = _wrap(module, model, inputs["bucket_cap_mb"])
-    per = inputs["x"].shape[0] // world_size
-    rows = slice(rank * per, (rank + 1) * per)
-    loss = F.cross_entropy(_forward(ddp, inputs["x"][rows]), inputs["y"][rows])
+    loss = F.cross_entropy(_forward(ddp, inputs["x"]), inputs["y"])  # this rank's rows
     calls, seen = [], {"in_backward": False, "at_first_layer": None}
     original = dist.all_reduce
 
@@ -173,7 +169,9 @@ def _ddp_buckets(rank: int, world_size: int, module, inputs: dict) -> dict:
 
 
 def _gpipe(rank: int, world_size: int, module, inputs: dict) -> dict:
-    stage = _load(_stage_module(inputs["widths"], inputs["stages"][rank]), inputs["weights"][rank])
+    stage = _load(_stage_module(inputs["widths"], inputs["layers"]), inputs["weights"])  # this rank's stage
+    if rank < world_size - 1:
+        _ready_for_backward_from_a_gradient()
     schedule = {"forwards": 0, "before_first_backward": None}
     if inputs["schedule"]:
         # Forwards are counted at the stage's first layer (however the stage is called); the first
@@ -187,7 +185,7 @@ def _gpipe(rank: int, world_size: int, module, inputs: dict) -> dict:
 
         stage[0].register_forward_pre_hook(counted_forward)
         stage[0].weight.register_hook(first_backward)
-    mbs = _microbatches(rank, world_size, inputs["x"], inputs["y"])
+    mbs = _microbatches(inputs["microbatches"], inputs.get("x"), inputs.get("y"))
     loss = module.gpipe_step(stage, mbs, rank, world_size)
     return {"loss": _plain_loss(loss), "grads": _grads(stage), **schedule}
 
@@ -199,22 +197,26 @@ ON_RANK = {"ddp_init": _ddp_init, "ddp_train": _ddp_train, "ddp_buckets": _ddp_b
 # the timed calls of the pipeline benchmark
 # --------------------------------------------------------------------------------------------
 
-_timed_stage: list[nn.Module] = []  # this rank's stage, built at its first timed call
+_timed_stage: list[nn.Module] = []  # this rank's stage, built at its first timed call (one rank per process)
 
 
 def timed(module, inputs: dict, harness) -> dict:
-    """One timed call on one rank: ``gpipe_step`` on this call's microbatches, with this rank's stage
-    at the case's weights; returns the stage's gradients and (on the last rank) the loss.
+    """One timed call on this rank: ``gpipe_step`` on this call's microbatches (the inputs on rank 0,
+    the targets on the last rank: each rank gets only its own), with this rank's stage at the case's
+    weights; returns the stage's gradients and (on the last rank) the loss.
 
-    The reference process runs this very function on ``reference.py`` (each stage's own compute for
-    every microbatch, no messages): both sides pay the same overhead.
+    The reference group runs this very function on ``reference.py`` (each stage's own compute for
+    every microbatch, no messages), in sandboxes of its own: both sides pay the same overhead.
     """
     rank, world_size = inputs["rank"], inputs["world_size"]
     if not _timed_stage:
         _timed_stage.append(_stage_module(inputs["widths"], inputs["stages"][rank]))
+        if rank < world_size - 1:
+            _ready_for_backward_from_a_gradient()  # in the first (untimed) warm-up call
     stage = _load(_timed_stage[0], inputs["weights"][rank])  # whatever the previous call did to them
     stage.zero_grad(set_to_none=True)
-    loss = module.gpipe_step(stage, _microbatches(rank, world_size, inputs["x"], inputs["y"]), rank, world_size)
+    mbs = _microbatches(inputs["microbatches"], inputs.get("x"), inputs.get("y"))
+    loss = module.gpipe_step(stage, mbs, rank, world_size)
     out = {}
     for name, p in stage.named_parameters():
         if p.grad is None:

@@ -12,8 +12,8 @@ from labs.catalog import discover_labs
 
 LABS = discover_labs()
 # What run.py may import in the sandbox: the standard library, torch, numpy, triton and the runner's
-# lib/ (kernels.bench, labs.sandboxed, labs.ranks); nothing else of the project.
-SANDBOX_IMPORTS = ("__future__", "torch", "numpy", "triton", "kernels.bench", "labs.sandboxed", "labs.ranks")
+# lib/ (kernels.bench, labs.sandboxed); nothing else of the project.
+SANDBOX_IMPORTS = ("__future__", "torch", "numpy", "triton", "kernels.bench", "labs.sandboxed")
 
 
 def _tree(path) -> ast.Module:

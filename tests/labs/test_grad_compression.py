@@ -200,8 +200,7 @@ def test_the_metric_is_what_the_ranks_sent_each_other_on_the_network(cases):
 
 
 # What run.py may import in the sandbox (docs/authoring-labs.md, lab contract v2): the standard
-# library, torch, numpy and the runner's lib/ (kernels.bench, labs.sandboxed); not labs.ranks, since
-# each rank runs in a sandbox of its own.
+# library, torch, numpy and the runner's lib/ (kernels.bench, labs.sandboxed).
 SANDBOX_IMPORTS = ("__future__", "torch", "numpy", "kernels.bench", "labs.sandboxed")
 
 

@@ -5,8 +5,9 @@ every backward run outside its own ``gpipe_step`` stalls for 0.3 ms. The old ben
 "ideal" (each stage's own compute for all microbatches, no messages) in the same ranks, between
 the timed steps, so this slowed the ideal and not the step: the red team's version of it scored
 0.84 against an honest 1.54, just above the plausibility floor, and was ranked. The ideal now runs
-in a separate clean process (``reference.py``) that never imports this file, so the wrappers never
-meet it: this gets full marks and an honest ratio, which is what its expected.toml asks for.
+on separate clean processes (``reference.py``, a sandbox per rank) that never import this file, so
+the wrappers never meet it: this gets full marks and an honest ratio, which is what its
+expected.toml asks for.
 """
 
 from __future__ import annotations
