@@ -124,7 +124,7 @@ def _grade(message: JobMessage, sink: EventSink, lab: LabFolder | None) -> dict:
         return _infrastructure_error(message, sink, marks, "preparing the job failed:\n" + traceback.format_exc())
     grading.marks = marks
     try:
-        outcome = start(grading)
+        outcome = start(grading) if _has_plain_cases(grading) else _no_plain_process(grading)
         if grading.build_key and grading.build_cache == "miss":
             compile_cache.save(grading.folder, grading.build_key, owner=grading.owner)
         if _finished(grading, outcome):
@@ -186,6 +186,30 @@ def prepare(message: JobMessage, sink: EventSink, *, lab: LabFolder | None = Non
         limits=limits,
         config=config,
         device=device,
+    )
+
+
+def _has_plain_cases(grading: Grading) -> bool:
+    """Whether any case runs in the job's one process; if none does (every case is distributed or
+    timed), that process would only import the submission, which each rank does anyway."""
+    return any("timed" not in c and "world_size" not in c for c in grading.cases) or not any(
+        "world_size" in c for c in grading.cases
+    )
+
+
+def _no_plain_process(grading: Grading) -> launcher.ProcessOutcome:
+    """The outcome of the process a lab of distributed cases does not need: the first group of ranks
+    reports an import error (``rankgroup.run_rank_cases``)."""
+    now = time.time()
+    grading.marks.update(launched=now, harness_started=now)
+    return launcher.ProcessOutcome(
+        returncode=0,
+        signal_name="",
+        timed_out=False,
+        output_limited=False,
+        output_bytes=0,
+        output_tail="",
+        wall_seconds=0.0,
     )
 
 

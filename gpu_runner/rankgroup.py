@@ -59,10 +59,13 @@ class GroupEnded(Exception):
     """A process of the group ended, or the job's time ran out; the message is for the student.
     ``done``: the ranks whose awaited event had arrived."""
 
-    def __init__(self, message: str, found: dict[int, tuple[float, dict]] | None = None):
+    def __init__(
+        self, message: str, found: dict[int, tuple[float, dict]] | None = None, *, import_error: dict | None = None
+    ):
         super().__init__(message)
         self.found = dict(found or {})
         self.done = frozenset(self.found)
+        self.import_error = import_error  # the submission's import failed on a rank: its error
 
 
 @dataclass(eq=False)
@@ -74,6 +77,7 @@ class Member:
     folder: JobFolder
     box: sandbox.Sandbox
     events: list[tuple[float, dict]] = field(default_factory=list)  # (worker clock, event)
+    started: bool = False  # the harness said so, before importing anything of the submission's
 
     def take(self, types: tuple[str, ...], number: int | None) -> tuple[float, dict] | None:
         for position, (at, event) in enumerate(self.events):
@@ -181,7 +185,13 @@ class Group:
                     continue
                 for _, event in member.events:
                     if event["type"] in ("import_failed", "join_failed"):
-                        raise GroupEnded(self._failed_start(member, event["type"]), found)
+                        record = read_record(member.folder, "import")
+                        error = record["error"] if not record.get("ok") else None
+                        raise GroupEnded(
+                            self._failed_start(member, event["type"], error),
+                            found,
+                            import_error=error if event["type"] == "import_failed" else None,
+                        )
                 got = member.take(types, number)
                 if got is not None:
                     found[member.rank] = got
@@ -224,12 +234,11 @@ class Group:
                 return f"{where} ended"
         return "the group stopped"
 
-    def _failed_start(self, member: Member, kind: str) -> str:
-        record = read_record(member.folder, "import")
+    def _failed_start(self, member: Member, kind: str, error: dict | None) -> str:
         what = "could not be imported" if kind == "import_failed" else "could not join the process group"
-        where = f"on rank {member.rank} " if self.world_size > 1 else ""
-        detail = describe_error(record["error"]) if not record.get("ok") else ""
-        return f"the module {what} {where}{detail}".strip()
+        where = f"on rank {member.rank}" if self.world_size > 1 else ""
+        detail = f": {describe_error(error)}" if error is not None else ""
+        return f"the module {what} {where}".strip() + detail
 
     def sent_bytes(self) -> int | None:
         """What the members have sent each other so far, counted by the kernel (None: no network)."""
@@ -259,6 +268,8 @@ class Group:
 
 def _keeper(member: Member, rank: int, on_event) -> Callable[[dict], bytes | None]:
     def keep(event: dict) -> bytes | None:
+        if event["type"] == "started":
+            member.started = True
         if on_event is not None and event["type"] in ANSWERED:
             return on_event(rank, event)
         member.events.append((time.monotonic(), event))
@@ -337,6 +348,8 @@ def run_rank_cases(grading, *, check: Callable[[int, dict, object], None]) -> No
             }
             check(index, runtime, [r["value"] for r in records])
     except GroupEnded as exc:  # a group that could not start (import, join)
+        if exc.import_error is not None and grading.import_error is None:
+            grading.import_error = exc.import_error  # the verdict is then import_error (or compile_error)
         for index in indices:
             if grading.tests[index].outcome == "not_run":
                 _publish(grading, index, f"not run: {exc}")
@@ -362,7 +375,14 @@ def _start_cases(grading, world_size: int, indices: list[int]) -> Group:
         grading, role="student", world_size=world_size, mode="cases", on_output=on_output, on_event=on_event, tag="r"
     )
     try:
-        group.wait_all("joined", deadline=time.monotonic() + 60.0)
+        try:
+            group.wait_all("joined", deadline=time.monotonic() + 60.0)
+        except GroupEnded:
+            silent = [m.rank for m in group.members if m.process.ended and not m.started and not m.process.timed_out]
+            if silent:  # not the submission's doing: the harness runs before anything of it
+                tail = bytes(group.members[silent[0]].process.tail).decode(errors="replace")[-800:]
+                raise RuntimeError(f"the sandboxed harness of rank {silent[0]} never started: {tail}") from None
+            raise
         for member in group.members:
             payload = {
                 "cases": [

@@ -103,3 +103,11 @@ def test_the_rank_filter_is_built_for_the_machines_the_worker_runs_on():
         assert len(program) % 8 == 0 and len(program) // 8 == 19
     with pytest.raises(seccomp.SeccompUnavailable):
         seccomp.rank_filter("riscv64")
+
+
+def test_a_module_that_does_not_import_gets_import_error_from_the_ranks_alone():
+    # ring_lab has no case for the job's one process: the ranks are the first to import the module.
+    result, events = grade_source("import torch\n\ndef allsum(t)\n    pass\n", lab="ring_lab", limits=LIMITS)
+    assert (result["verdict"], result["reason"]) == ("failed", "import_error"), result["summary"]
+    assert "SyntaxError" in result["summary"]
+    assert _allsum(result)["message"].startswith("not run: the module could not be imported on rank 0")
