@@ -12,13 +12,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # bubblewrap: the grading workers run every submission inside bwrap.
+# iproute2 (and util-linux's nsenter): the private network of a distributed job's ranks.
 # libgomp1: OpenMP runtime for torch / scikit-learn CPU kernels.
 # gcc, libc6-dev: Triton compiles a small C launcher for each kernel at run time and fails
 # with "Failed to find C compiler" without one.
 # g++, ninja-build: C++/CUDA extension labs (cuda_matmul) build with torch's load_inline in the
 # sandbox. (python3-dev's headers come with the python image.)
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends bubblewrap libgomp1 gcc g++ ninja-build libc6-dev \
+    && apt-get install -y --no-install-recommends bubblewrap iproute2 libgomp1 gcc g++ ninja-build libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 
 # Unprivileged runtime user; bwrap then creates the sandbox through an unprivileged user

@@ -238,7 +238,7 @@ def _join_group() -> bool:
     try:
         dist.init_process_group(
             "gloo",
-            init_method=f"tcp://127.0.0.1:{os.environ['AISYS_GROUP_PORT']}",
+            init_method=f"tcp://{os.environ['AISYS_GROUP_ADDR']}:{os.environ['AISYS_GROUP_PORT']}",
             rank=RANK,
             world_size=WORLD_SIZE,
             timeout=datetime.timedelta(seconds=GROUP_TIMEOUT_SECONDS),

@@ -1,12 +1,13 @@
-"""The ranks of a distributed case: one sandbox per rank, on a loopback network the worker meters.
+"""The ranks of a distributed case: one sandbox per rank, on a private network the worker meters.
 
 A case with ``"world_size": n`` (docs/authoring-labs.md, "Distributed labs") does not run in the
 job's one process. The worker starts ``n`` harness processes, each in a sandbox of its own (its
-own files, ``/tmp``, ``/dev/shm``, IPC and pid namespaces, its own cgroup and limits), that share
-only a private network namespace with nothing but ``lo`` (``gpu_runner.netns``), under a seccomp
-filter that refuses the channels that namespace would otherwise share (``gpu_runner.seccomp``).
-Every byte one rank passes another crosses ``lo`` and is counted by the kernel, read by the
-worker (``network_bytes``); nothing in a rank can reset that count or reach a peer's memory.
+own files, ``/tmp``, ``/dev/shm``, IPC and pid namespaces, its own cgroup and limits) and in a
+network namespace of its own, joined to its peers' only through a private router
+(``gpu_runner.netns``), under a seccomp filter that refuses every socket but the network's
+(``gpu_runner.seccomp``). Every byte one rank passes another leaves through its ``eth0`` and is
+counted by the kernel, read by the worker per rank (``network_bytes``, ``network_bytes_by_rank``);
+nothing in a rank can reset that count, reach a peer's memory or files, or see a peer's sockets.
 
 Each rank gets only its own inputs (a case's ``inputs`` may be a list, one dict per rank), joins
 the gloo group, and runs the case the worker names when the worker names it, so all ranks are in
@@ -35,11 +36,11 @@ import torch
 from gpu_runner import launcher, sandbox
 from gpu_runner.jobfolder import JobFolder
 from gpu_runner.jobsetup import describe_error, harness_command, job_environment, new_job_folder, read_record
-from gpu_runner.netns import LoopbackNetwork
+from gpu_runner.netns import RankNetwork
 from gpu_runner.text import LineMarker
 from labs.protocol import EventType
 
-GROUP_PORT = 29500  # the gloo rendezvous, on the group's own lo: no other job can hold it
+GROUP_PORT = 29500  # the gloo rendezvous, on rank 0's own address: no other job can hold it
 CASE_SECONDS = 30.0  # default per distributed case, within the lab's wall time
 FAILURE_GRACE_SECONDS = 1.0  # after one rank fails, how long its peers may take to report theirs
 MAX_EVENTS_KEPT = 64
@@ -95,7 +96,7 @@ class Group:
     role: str  # "student" or "reference"
     world_size: int
     job_wall_seconds: float
-    network: LoopbackNetwork | None = None
+    network: RankNetwork | None = None
     members: list[Member] = field(default_factory=list)
 
     @classmethod
@@ -122,7 +123,7 @@ class Group:
         gpus = sandbox.assigned_gpus() if grading.device == "cuda" else ()
         try:
             if world_size > 1 and grading.config.sandboxed:
-                group.network = LoopbackNetwork.create()
+                group.network = RankNetwork.create(world_size)
             for rank in range(world_size):
                 folder = new_job_folder(
                     f"{grading.job_id}{role[0]}{tag}{rank}", lab=lab, config=grading.config, limits=grading.limits
@@ -137,12 +138,17 @@ class Group:
                         entry, forbidden = "reference.py", ()
                     if prepare is not None:
                         prepare(folder)
-                    box = sandbox.Sandbox(grading.config, folder, limits, gpus, network=group.network)
+                    seat = group.network.seat(rank) if group.network is not None else None
+                    box = sandbox.Sandbox(grading.config, folder, limits, gpus, network=seat)
                     env = job_environment(folder, device=grading.device, interpreted=grading.interpreted)
                     if world_size > 1:
                         env.update(AISYS_RANK=str(rank), AISYS_WORLD_SIZE=str(world_size))
-                        env.update(AISYS_GROUP_PORT=str(GROUP_PORT if group.network else _free_port()))
-                        env["GLOO_SOCKET_IFNAME"] = "lo"  # the sandbox's hostname need not resolve
+                        if group.network is not None:  # rank 0 holds the rendezvous; gloo talks over eth0
+                            env.update(AISYS_GROUP_ADDR=group.network.address(0), AISYS_GROUP_PORT=str(GROUP_PORT))
+                            env["GLOO_SOCKET_IFNAME"] = "eth0"  # the sandbox's hostname need not resolve
+                        else:  # unsandboxed (development only): the host's loopback
+                            env.update(AISYS_GROUP_ADDR="127.0.0.1", AISYS_GROUP_PORT=str(_free_port()))
+                            env["GLOO_SOCKET_IFNAME"] = "lo"
                     member = Member(rank=rank, process=None, folder=folder, box=box)  # type: ignore[arg-type]
                     member.process = launcher.JobProcess(
                         harness_command(grading.config, folder, mode=mode, entry=entry, forbidden=forbidden),
@@ -240,8 +246,8 @@ class Group:
         detail = f": {describe_error(error)}" if error is not None else ""
         return f"the module {what} {where}".strip() + detail
 
-    def sent_bytes(self) -> int | None:
-        """What the members have sent each other so far, counted by the kernel (None: no network)."""
+    def sent_bytes(self) -> list[int] | None:
+        """What each member has sent its peers so far, counted by the kernel (None: no network)."""
         return self.network.sent_bytes() if self.network is not None else None
 
     def freeze(self) -> bool:
@@ -341,8 +347,10 @@ def run_rank_cases(grading, *, check: Callable[[int, dict, object], None]) -> No
                 group = None
                 continue
             sent = group.sent_bytes()
+            by_rank = None if before is None else [after - first for first, after in zip(before, sent, strict=True)]
             runtime = {
-                "network_bytes": None if before is None else sent - before,
+                "network_bytes": None if by_rank is None else sum(by_rank),
+                "network_bytes_by_rank": by_rank,
                 "meters": dict(grading.meters.get(index, {})),
                 "world_size": world_size,
             }

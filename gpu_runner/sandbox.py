@@ -44,7 +44,7 @@ from pathlib import Path
 from gpu_runner import cgroups, seccomp, settings
 from gpu_runner.cgroups import Cgroups, CgroupUsage, JobCgroup
 from gpu_runner.jobfolder import JOB_DIR, RUNNER_DIR, JobFolder
-from gpu_runner.netns import LoopbackNetwork
+from gpu_runner.netns import Seat
 
 log = logging.getLogger(__name__)
 
@@ -343,9 +343,9 @@ class Sandbox:
     limits: dict
     gpus: tuple[int, ...] = ()
     cgroup: JobCgroup | None = None
-    # A rank of a distributed job: the network namespace its group shares (gpu_runner.netns)
-    # instead of one of its own, and the seccomp filter that closes what else that would share.
-    network: LoopbackNetwork | None = None
+    # A rank of a distributed job: its place in the group's network (gpu_runner.netns), instead of
+    # a network namespace with only lo, and the rank seccomp filter (gpu_runner.seccomp).
+    network: Seat | None = None
 
     def __post_init__(self) -> None:
         cgroups.retry_leftovers()  # what an earlier job's unkillable process kept

@@ -1,13 +1,12 @@
-"""The seccomp filter of a rank's sandbox: no channel between ranks that the worker cannot meter.
+"""The seccomp filter of a rank's sandbox: no socket the worker's byte meter would not see.
 
-The ranks of one distributed job share a network namespace (``gpu_runner.netns``), and with it
-more than ``lo``: abstract Unix sockets (named in the network namespace, not in the file system)
-and netlink sockets. Neither crosses ``lo``, so neither would be counted. The filter refuses
-``socket(AF_UNIX, ...)`` (``socketpair``, which connects a process only with itself, stays
-allowed), every netlink family but ``NETLINK_ROUTE`` (which gloo needs to list interfaces, and
-which cannot reach another process without a capability the sandbox lacks), and io_uring (whose
-operations a seccomp filter never sees). A refused call fails with ``EAFNOSUPPORT`` or
-``ENOSYS``; everything else is allowed.
+Each rank of a distributed job has a network namespace of its own (``gpu_runner.netns``), so its
+abstract Unix sockets, netlink sockets and port table are its own already. The filter is the
+second wall: it refuses ``socket(AF_UNIX, ...)`` (``socketpair``, which connects a process only
+with itself, stays allowed), every netlink family but ``NETLINK_ROUTE`` (which gloo needs to list
+interfaces), and io_uring (whose operations a seccomp filter never sees), so that a rank's only way
+to another process is a socket over its ``eth0``, where every byte is counted. A refused call fails
+with ``EAFNOSUPPORT`` or ``ENOSYS``; everything else is allowed.
 
 The program is classic BPF, built here without libseccomp, and handed to bwrap (``--seccomp``),
 which installs it just before it runs the harness. x86-64 and aarch64; a call made through

@@ -163,7 +163,7 @@ def _time_case(grading, index: int, student: rankgroup.Group, reference: rankgro
                 if group is student:
                     fingerprints.append(fingerprint)
                     if number >= 0 and timed.network_bytes is not None:
-                        timed.network_bytes.append(group.sent_bytes() - before)
+                        timed.network_bytes.append(sum(group.sent_bytes()) - sum(before))
                     if use_reference is not None:  # frozen while the reference runs
                         frozen = student.freeze()
                         guarded = guarded and frozen

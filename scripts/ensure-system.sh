@@ -5,6 +5,9 @@ set -euo pipefail
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v bwrap >/dev/null || need+=(bubblewrap)
+# The private network of a distributed job's ranks (gpu_runner/netns.py): ip and nsenter.
+command -v ip >/dev/null || need+=(iproute2)
+command -v nsenter >/dev/null || need+=(util-linux)
 # C++/CUDA extension labs (cuda_matmul) build with torch's load_inline: a C++ compiler, ninja and
 # the Python headers of the interpreter the sandbox runs.
 command -v g++ >/dev/null || need+=(g++)

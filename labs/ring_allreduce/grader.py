@@ -381,6 +381,16 @@ def _check_network(case: dict) -> None:
             f"{sent / ideal:.2f}x the ring's {ideal:,.0f} (allowed: {allowed:,.0f}, headers included). In a ring "
             "every rank sends one 1/p-sized chunk to its neighbour per step"
         )
+    by_rank = case["runtime"].get("network_bytes_by_rank") or []
+    allowed = BYTES_FACTOR * ideal / world_size + NETWORK_SLACK * len(case["tests"])
+    for rank, rank_sent in enumerate(by_rank):
+        if rank_sent > allowed:
+            raise CheckFailed(
+                f"bytes_sent: rank {rank} sent {rank_sent:,} bytes over the network in this case, "
+                f"{rank_sent * world_size / ideal:.2f}x the ring's {ideal / world_size:,.0f} per rank (allowed: "
+                f"{allowed:,.0f}, headers included; bytes sent by rank: {by_rank}). In a ring every rank sends the "
+                "same: one 1/p-sized chunk to its neighbour per step"
+            )
 
 
 def _timed_sums(inputs: list[dict]) -> dict[str, torch.Tensor]:

@@ -7,6 +7,8 @@ where the worker counts it (docs/security.md, invariant 4).
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from gpu_runner import seccomp
@@ -63,6 +65,23 @@ def test_ranks_share_no_files_and_no_shared_memory():
     assert "rank 1 of 2: raised RuntimeError: rank 1 sees nothing of rank 0" in test["message"], test["message"]
 
 
+def test_ranks_share_no_port_table_and_no_proc_net():
+    # A port bound in one rank is invisible to its peer: no covert channel through which ports are taken.
+    result, test = _grade(
+        "    import socket\n"
+        "    held = socket.socket()\n"
+        "    if rank == 0:\n"
+        "        held.bind(('0.0.0.0', 45678))\n        held.listen()\n"
+        "    dist.barrier()\n"
+        "    if rank == 1:\n"
+        "        held.bind(('0.0.0.0', 45678))\n"
+        "        listening = [line.split()[1] for line in open('/proc/net/tcp').readlines()[1:]]\n"
+        "        raise RuntimeError(f'rank 1 bound the port too; listening here: {sorted(listening)}')\n"
+    )
+    assert "raised RuntimeError: rank 1 bound the port too" in test["message"], test["message"]
+    assert "B26E" not in test["message"]  # 45678 in /proc/net/tcp's hex: rank 0's socket is not listed
+
+
 def test_abstract_unix_sockets_and_other_netlink_families_are_refused_in_a_rank():
     result, test = _grade(
         "    import socket\n"
@@ -110,4 +129,6 @@ def test_a_module_that_does_not_import_gets_import_error_from_the_ranks_alone():
     result, events = grade_source("import torch\n\ndef allsum(t)\n    pass\n", lab="ring_lab", limits=LIMITS)
     assert (result["verdict"], result["reason"]) == ("failed", "import_error"), result["summary"]
     assert "SyntaxError" in result["summary"]
-    assert _allsum(result)["message"].startswith("not run: the module could not be imported on rank 0")
+    # Whichever rank gets there first reports it: both fail the same way.
+    message = _allsum(result)["message"]
+    assert re.match(r"not run: the module could not be imported on rank [01]: raised SyntaxError", message), message

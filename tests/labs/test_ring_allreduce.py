@@ -45,8 +45,8 @@ def correct_output(case: dict) -> list[dict]:
     output = [
         {"tests": [correct_result(test["op"], test["tensors"], rank) for test in case["tests"]]} for rank in range(p)
     ]
-    ideal = sum(result["bytes"] for rank_output in output for result in rank_output["tests"])
-    case["runtime"] = {"network_bytes": int(ideal * 1.01), "meters": {}, "world_size": p}
+    by_rank = [int(sum(result["bytes"] for result in rank_output["tests"]) * 1.01) for rank_output in output]
+    case["runtime"] = {"network_bytes": sum(by_rank), "network_bytes_by_rank": by_rank, "meters": {}, "world_size": p}
     return output
 
 
@@ -146,6 +146,10 @@ def test_the_workers_network_count_bounds_the_case_whatever_the_ranks_report(cas
         GRADER.check(case, output)
     case["runtime"] = {**case["runtime"], "network_bytes": int(ideal * 1.04)}  # headers, barriers
     assert GRADER.check(case, output) is None
+    # The same total, but rank 0 sends three quarters of it: the worker's per-rank count says so.
+    case["runtime"] = {**case["runtime"], "network_bytes_by_rank": [3 * ideal // 4] + [ideal // 12] * 3}
+    with pytest.raises(CheckFailed, match=r"rank 0 sent 3,600,108 bytes over the network in this case, 3.00x"):
+        GRADER.check(case, output)
 
 
 def test_a_new_tensor_instead_of_an_in_place_sum_is_named(cases):
