@@ -12,6 +12,9 @@ from labs.catalog import discover_labs
 LABS = {lab.slug: lab for lab in discover_labs()}
 
 
+# A distributed lab grades its 13 to 15 solutions in 4 to 6 minutes on 2 idle cores (a sandbox per
+# rank, each importing torch); the suite's 300 s default is for one test, not a lab's whole catalog.
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("slug", sorted(LABS))
 def test_every_shipped_solution_gets_the_outcome_it_is_meant_to(slug):
     lab = LABS[slug]
