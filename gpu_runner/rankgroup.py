@@ -370,9 +370,10 @@ def run_rank_cases(grading, *, check: Callable[[int, dict, object], None]) -> No
 def _start_cases(grading, world_size: int, indices: list[int]) -> Group:
     """A group for the distributed cases of one size: started, joined, holding each rank's inputs."""
 
-    def on_output(rank: int, text: str, markers: dict = {}) -> None:  # noqa: B006 - one marker per rank
-        marker = markers.setdefault(rank, LineMarker(f"[rank {rank}] "))
-        grading.sink.publish(EventType.LOG, {"stream": "output", "text": marker(text)})
+    markers = [LineMarker(f"[rank {rank}] ") for rank in range(world_size)]
+
+    def on_output(rank: int, text: str) -> None:
+        grading.sink.publish(EventType.LOG, {"stream": "output", "text": markers[rank](text)})
 
     def on_event(rank: int, event: dict) -> bytes | None:
         from gpu_runner.grading import collect  # as for a plain case's (imported here: no cycle at import)

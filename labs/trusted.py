@@ -9,7 +9,22 @@ the result is malformed, and :func:`assert_close` checks type, shape and dtype b
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run the block on one torch thread: small models and matrices, where more threads only spin
+    (10x the CPU time on a busy 2-core worker), and repeatable results."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class CheckFailed(Exception):

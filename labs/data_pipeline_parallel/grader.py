@@ -23,15 +23,13 @@ and every timed call's loss and gradients are checked through their fingerprints
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labs.trusted import CheckFailed, assert_close, check_timed_calls, field, timing_summary
+from labs.trusted import CheckFailed, assert_close, check_timed_calls, field, single_thread, timing_summary
 
 # Float64 throughout: averaging gradients over ranks or summing microbatches changes only the
 # order of additions, so 1e-6 (the catalog's contract) is loose for honest code and far too tight
@@ -153,18 +151,6 @@ def _buckets(numels: list[int], cap_mb: float, element_size: int = 8) -> list[li
     return buckets
 
 
-@contextlib.contextmanager
-def _single_thread() -> Iterator[None]:
-    """The references on one thread: small matrices, where more threads only spin (10x the time on
-    a busy 2-core worker)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _rows(world: int, rank: int, total: int) -> slice:
     """Rank ``rank``'s rows of a global batch of ``total`` rows: its own contiguous share."""
     per = total // world
@@ -274,7 +260,7 @@ def _pipeline_reference(widths, stages, weights, xs, ys) -> tuple[float, list[li
     model = nn.Sequential(*modules)
     m = len(xs)
     total = 0.0
-    with _single_thread():
+    with single_thread():
         for x, y in zip(xs, ys, strict=True):
             loss = F.mse_loss(model(x), y) / m
             loss.backward()
@@ -391,7 +377,7 @@ ORDER = (
 def cases(seed: int, *, device: str = "cpu") -> list[dict]:
     """Every hidden test, generated from the secret seed so inputs cannot be memorised."""
     gen = torch.Generator().manual_seed(seed)
-    with _single_thread():
+    with single_thread():
         out = [
             _ddp_init_case(gen),
             _ddp_train_case("ddp_train_2_ranks", gen, world=2, cap_mb=None),

@@ -29,7 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from labs.trusted import CheckFailed, assert_close, digits_split, field
+from labs.trusted import CheckFailed, assert_close, digits_split, field, single_thread
 
 ZERO_BYTE = 121  # a byte of five q = 0 digits
 FIRST_RUN_CODE = 243  # 243 + k stands for a run of k + 2 ZERO_BYTEs (k = 0..12)
@@ -213,12 +213,8 @@ def _mlp_logits(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
 
 def _baseline_accuracy(digits: dict) -> float:
     """The same training with exact averaging of the ranks' gradients: what plain allreduce gives."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: more threads only spin (10x the CPU time on a busy machine)
-    try:
+    with single_thread():
         return _train_exact(digits)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train_exact(digits: dict) -> float:

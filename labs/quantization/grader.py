@@ -15,14 +15,13 @@ is caught.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labs.trusted import CheckFailed, assert_close, digits_split, field
+from labs.trusted import CheckFailed, assert_close, digits_split, field, single_thread
 
 DIGITS_TEST_SIZE = 450
 DIGITS_SALT = 11  # keeps this lab's split of the digits (seed + 11) as it always was
@@ -94,17 +93,6 @@ def effective_bits(layers: list[dict], original_weights: int) -> tuple[float, li
     return total / original_weights, notes
 
 
-@contextlib.contextmanager
-def _single_thread():
-    """Train the reference model on one thread: repeatable, and fast on a loaded 2-core worker."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------------------------
 # cases: trusted, from the job's secret seed
 # --------------------------------------------------------------------------------------------
@@ -170,7 +158,7 @@ def _pretrain(gen: torch.Generator, x: torch.Tensor, y: torch.Tensor) -> nn.Sequ
         for linear, values in zip((model[0], model[2]), layers, strict=True):
             linear.weight.copy_(values["weight"])
             linear.bias.copy_(values["bias"])
-    with _single_thread():
+    with single_thread():
         _adam(model, x, y, steps=PRETRAIN_STEPS, lr=PRETRAIN_LR)
     return model
 
