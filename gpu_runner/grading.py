@@ -92,6 +92,7 @@ class Grading:
     # case index -> shape label -> {"begin": t, "end": t} on the worker's monotonic clock
     batches: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
     meters: dict[int, dict[str, int]] = field(default_factory=dict)  # case index -> name -> count
+    rank_group: rankgroup.Group | None = None  # the distributed cases' processes, kept for the timing phase
 
     @property
     def interpreted(self) -> bool:
@@ -138,6 +139,8 @@ def _grade(message: JobMessage, sink: EventSink, lab: LabFolder | None) -> dict:
     except Exception:  # noqa: BLE001
         return _infrastructure_error(message, sink, marks, "grading failed:\n" + traceback.format_exc())
     finally:
+        if grading.rank_group is not None:
+            grading.rank_group.stop()
         grading.folder.remove()
 
 
@@ -271,6 +274,8 @@ def collect(grading: Grading, event: dict) -> bytes | None:
             entry["end"] = time.monotonic()
     elif kind == "meter" and grading.current_case is not None:
         return _meter(grading, event)
+    elif kind in ("bench_begin", "meter"):
+        return rankgroup.outside_case(event)
     elif kind == "case_done" and isinstance(event.get("index"), int) and 0 <= event["index"] < len(grading.cases):
         _check_case(grading, event["index"], float(event.get("duration", 0.0)))
     return None

@@ -12,11 +12,12 @@ nothing it writes is trusted beyond being data.
 The runner folder's ``lib/`` (``kernels/bench.py``, the timing harness) is importable, so a
 lab's ``run`` can ``from kernels import bench``; the reference kernels are not shipped.
 
-A rank of a distributed case (``AISYS_WORLD_SIZE`` set) is one such process in its own sandbox
-(``gpu_runner.rankgroup``): it joins the group's gloo process group over the loopback network its
-sandbox shares with its peers, then runs the cases the worker names one at a time, so that every
-rank is in the same case; ``run`` learns its place from ``harness.rank`` and ``harness.world_size``
-(and ``inputs["rank"]``, ``inputs["world_size"]``).
+A rank of a distributed case (``AISYS_WORLD_SIZE`` set: the number of processes in its group) is
+one such process in its own sandbox (``gpu_runner.rankgroup``). It does what the worker names, one
+command at a time, so that every rank is in the same case: ``join`` (re-form the gloo process group
+over the network its sandbox shares with its peers, on the first ranks only), ``case``, and the
+timed calls' ``setup`` and ``call``; ``run`` learns its place from ``harness.rank`` and
+``harness.world_size`` (and ``inputs["rank"]``, ``inputs["world_size"]``).
 
 Usage: python harness.py cases|timed <job folder> <entry file> <forbidden dotted names, comma separated>
 """
@@ -40,7 +41,7 @@ OUTPUT_DIR = "_outputs"
 RUNNER = os.path.dirname(os.path.abspath(__file__))
 RUN_MODULE = os.path.join(RUNNER, "lab", "run.py")  # the lab's run.py
 RANK = int(os.environ.get("AISYS_RANK", "0"))
-WORLD_SIZE = int(os.environ.get("AISYS_WORLD_SIZE", "1"))
+WORLD_SIZE = int(os.environ.get("AISYS_WORLD_SIZE", "1"))  # processes in this rank's group (1: a plain job)
 GROUP_TIMEOUT_SECONDS = 600.0  # gloo's own, per operation: the worker's deadline comes first
 CALLS = os.path.join(RUNNER, "calls")  # timed calls' inputs: this process may open them by name, not list them
 
@@ -89,7 +90,7 @@ class Harness:
     """
 
     rank = RANK  # this process's rank in its distributed case (0 of 1 otherwise)
-    world_size = WORLD_SIZE
+    world_size = WORLD_SIZE  # the size of the process group this rank last joined
 
     def __init__(self, forbidden: list[str]):
         self._originals = {}
@@ -223,31 +224,35 @@ def _start(argv: list[str]):
         emit("import_failed")
         return None
     emit("imported")
-    if WORLD_SIZE > 1 and not _join_group():
-        return None
     return student, harness, lambda module, inputs: run_module.run(module, inputs, harness)
 
 
-def _join_group() -> bool:
-    """A rank joins its group's gloo process group (its peers are in sandboxes of their own, on
-    the same loopback network); False, with the error saved, if that fails."""
+def _join_group(size: int, port: int) -> bool:
+    """Leave the gloo process group this rank is in, if any, and join a new one of ranks
+    ``0..size-1`` (its peers are in sandboxes of their own, on the same private network; rank 0
+    holds the rendezvous at ``port``); a rank ``>= size`` joins none and waits to be called again.
+    False, with the error saved, if that fails."""
     import datetime
 
     import torch.distributed as dist
 
     try:
-        dist.init_process_group(
-            "gloo",
-            init_method=f"tcp://{os.environ['AISYS_GROUP_ADDR']}:{os.environ['AISYS_GROUP_PORT']}",
-            rank=RANK,
-            world_size=WORLD_SIZE,
-            timeout=datetime.timedelta(seconds=GROUP_TIMEOUT_SECONDS),
-        )
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        if RANK < size:
+            dist.init_process_group(
+                "gloo",
+                init_method=f"tcp://{os.environ['AISYS_GROUP_ADDR']}:{port}",
+                rank=RANK,
+                world_size=size,
+                timeout=datetime.timedelta(seconds=GROUP_TIMEOUT_SECONDS),
+            )
     except BaseException as exc:  # noqa: BLE001 - a peer that never came, a student's patch
         _save("import", {"ok": False, "error": _error(exc)})
         emit("join_failed")
         return False
-    emit("joined")
+    Harness.world_size = size
+    emit("joined", size=size)
     return True
 
 
@@ -258,41 +263,63 @@ def main(argv: list[str]) -> int:
         return 3
     student, harness, run = started
     patch = harness.patch  # held in this frame: the student's module cannot swap it out
+    if WORLD_SIZE > 1:
+        return _serve_rank(student, harness, run, patch)
     if mode == "timed":
-        return _serve_timed_calls(student, harness, sys.modules.get("lab_run"))
+        return _serve_timed_calls(_TimedCalls(student, harness, sys.modules.get("lab_run")))
     command, _, cases_file = sys.stdin.readline().strip().partition(" ")
-    if command != "go" or os.path.basename(cases_file) != cases_file or not cases_file:
+    cases = _load_cases(cases_file) if command == "go" else None
+    if cases is None:
         return 4
-    payload = torch.load(cases_file, weights_only=True)
-    os.unlink(cases_file)
+    for case in cases.values():
+        _run_case(case, student, patch, run)
+    emit("done")
+    return 0
 
-    def run_case(case: dict) -> None:
-        index = case["index"]
-        emit("case_start", index=index, name=case["name"])
-        started_at = time.perf_counter()
-        patch()
-        inputs = _clone(case["inputs"])
-        if WORLD_SIZE > 1:
-            inputs.update(rank=RANK, world_size=WORLD_SIZE)
-        try:
-            record = {"ok": True, "value": run(student, inputs)}
-        except BaseException as exc:  # noqa: BLE001 - reported per case, the next case still runs
-            record = {"ok": False, "error": _error(exc)}
-        _save(index, record)
-        emit("case_done", index=index, duration=time.perf_counter() - started_at, ok=record["ok"])
 
-    if WORLD_SIZE == 1:
-        for case in payload["cases"]:
-            run_case(case)
-        emit("done")
-        return 0
-    # A rank runs the case the worker names, when it names it: every rank is then in the same case.
-    by_index = {case["index"]: case for case in payload["cases"]}
+def _load_cases(name: str) -> dict[int, dict] | None:
+    """The cases' inputs the worker wrote for this process, by index (read once, then removed)."""
+    if not name or os.path.basename(name) != name:
+        return None
+    payload = torch.load(name, weights_only=True)
+    os.unlink(name)
+    return {case["index"]: case for case in payload["cases"]}
+
+
+def _run_case(case: dict, student, patch, run) -> None:
+    index = case["index"]
+    emit("case_start", index=index, name=case["name"])
+    started_at = time.perf_counter()
+    patch()
+    inputs = _clone(case["inputs"])
+    if WORLD_SIZE > 1:
+        inputs.update(rank=RANK, world_size=Harness.world_size)
+    try:
+        record = {"ok": True, "value": run(student, inputs)}
+    except BaseException as exc:  # noqa: BLE001 - reported per case, the next case still runs
+        record = {"ok": False, "error": _error(exc)}
+    _save(index, record)
+    emit("case_done", index=index, duration=time.perf_counter() - started_at, ok=record["ok"])
+
+
+def _serve_rank(student, harness: Harness, run, patch) -> int:
+    """A rank answers the worker's commands, one per line, until the worker stops it:
+    ``join <size> <port>`` (``_join_group``), ``go <file>`` (this rank's inputs of the distributed
+    cases), ``case <index>``, and the timed calls' ``setup`` and ``call`` (``_timed_command``).
+    Anything else ends the process."""
+    cases: dict[int, dict] = {}
+    calls = _TimedCalls(student, harness, sys.modules.get("lab_run"))
     for line in sys.stdin:
-        command, _, index = line.strip().partition(" ")
-        if command != "case" or not index.isdigit() or int(index) not in by_index:
+        command, *args = line.split() or [""]
+        if command == "join" and len(args) == 2 and all(arg.isdigit() for arg in args):
+            if not _join_group(int(args[0]), int(args[1])):
+                return 3
+        elif command == "go" and len(args) == 1:
+            cases = _load_cases(args[0]) or {}
+        elif command == "case" and len(args) == 1 and args[0].isdigit() and int(args[0]) in cases:
+            _run_case(cases[int(args[0])], student, patch, run)
+        elif not _timed_command(calls, command, args):
             return 4
-        run_case(by_index[int(index)])
     return 0
 
 
@@ -301,8 +328,8 @@ def main(argv: list[str]) -> int:
 # ------------------------------------------------------------------------------------------------
 
 
-def _serve_timed_calls(module, harness: Harness, run_module) -> int:
-    """Answer the worker's commands until it stops this process.
+def _serve_timed_calls(calls: _TimedCalls) -> int:
+    """Answer the worker's timed-call commands (``_timed_command``) until it stops this process.
 
     ``setup <file>``: the timed case's static inputs, the probes and its world size (nothing
     secret: read once, untimed). ``call <n> <file>``: map the call's inputs, which the worker wrote a
@@ -312,29 +339,35 @@ def _serve_timed_calls(module, harness: Harness, run_module) -> int:
     reading every element of the result (a lazy ``.grad`` included), happens inside it; the worker
     then checks each fingerprint against its own computation. This process keeps no time that
     counts. A distributed case's calls run on every rank at once, each rank a process like this
-    one in a sandbox of its own (``gpu_runner.rankgroup``): each gets ``rank`` and
+    one in a sandbox of its own (``gpu_runner.rankgroup``, ``_serve_rank``): each gets ``rank`` and
     ``world_size`` in its inputs, and the worker files each rank's fingerprints under ``name@rank``.
     """
-    calls = _TimedCalls(module, harness, run_module)
     while True:
         line = sys.stdin.readline()
         if not line:
             return 0
-        command, *args = line.split()
-        if command == "setup" and len(args) == 1:
-            calls.setup(os.path.join(CALLS, os.path.basename(args[0])))
-            emit("ready")
-        elif command == "call" and len(args) == 2:
-            number = int(args[0])
-            try:
-                fingerprint = calls.call(os.path.join(CALLS, os.path.basename(args[1])))
-            except BaseException as exc:  # noqa: BLE001 - the worker stops timing and reports it
-                _save("timed", {"ok": False, "error": _error(exc)})
-                emit("call_failed", n=number)
-                continue
-            emit("called", n=number, fp=fingerprint)
-        else:
+        command, *args = line.split() or [""]
+        if not _timed_command(calls, command, args):
             return 4
+
+
+def _timed_command(calls: _TimedCalls, command: str, args: list[str]) -> bool:
+    """``setup <file>`` or ``call <n> <file>``; False for anything else."""
+    if command == "setup" and len(args) == 1:
+        calls.setup(os.path.join(CALLS, os.path.basename(args[0])))
+        emit("ready")
+    elif command == "call" and len(args) == 2 and args[0].lstrip("-").isdigit():
+        number = int(args[0])
+        try:
+            fingerprint = calls.call(os.path.join(CALLS, os.path.basename(args[1])))
+        except BaseException as exc:  # noqa: BLE001 - the worker stops timing and reports it
+            _save("timed", {"ok": False, "error": _error(exc)})
+            emit("call_failed", n=number)
+            return True
+        emit("called", n=number, fp=fingerprint)
+    else:
+        return False
+    return True
 
 
 class _TimedCalls:
@@ -342,6 +375,7 @@ class _TimedCalls:
 
     def __init__(self, module, harness: Harness, run_module):
         self.module, self.harness, self.run_module = module, harness, run_module
+        self.patch = harness.patch  # bound before any call: a call cannot swap it for the next one
         self.static: dict = {}
         self.probes: dict = {}
 
@@ -351,8 +385,8 @@ class _TimedCalls:
 
     def call(self, path: str) -> dict[str, float]:
         inputs = _load_bundle(path)
-        where = {"rank": RANK, "world_size": WORLD_SIZE} if WORLD_SIZE > 1 else {}
-        self.harness.patch()
+        where = {"rank": RANK, "world_size": Harness.world_size} if WORLD_SIZE > 1 else {}
+        self.patch()
         output = self.run_module.timed(self.module, {**self.static, **inputs, **where}, self.harness)
         return _fingerprint(output, self.probes)
 

@@ -4,11 +4,13 @@ A figure that ranks must not be measured where the student's code runs (docs/sec
 invariant 1), and the inputs of a timed call must not be known before the call starts
 (invariant 2). So, once every correctness test has passed, the worker starts two fresh sandboxes:
 
-- the *student's* process, with the submission imported and the lab's forbidden calls patched;
+- the *student's* process, with the submission imported and the lab's forbidden calls patched
+  (a distributed lab's student ranks are the processes that ran its distributed cases, kept for
+  this: ``rankgroup.take_for_timing``);
 - the *reference* process, with the lab's ``reference.py`` imported instead: a clean process in
   which no student code ever ran (only when the timed case asks for a reference).
 
-Both run the harness in ``timed`` mode and wait for calls. For each call the worker draws a fresh
+Both run the harness's timed calls and wait for them. For each call the worker draws a fresh
 secret seed, asks the grader for that call's inputs (``grader.call_inputs``), writes them into the
 runner folder under a random name the job can open but not list, and times the call from writing
 ``call`` on the process's stdin to reading ``called`` on its event channel. Calls alternate
@@ -40,7 +42,7 @@ from gpu_runner.jobsetup import describe_error, read_record
 from gpu_runner.text import LineMarker, bounded
 from labs.protocol import EventType
 
-CALLS_DIR = "calls"  # in the runner folder: written by the worker, opened by name in the sandbox
+CALLS_DIR = rankgroup.CALLS_DIR  # in the runner folder: written by the worker, opened by name in the sandbox
 HEADER_LIMIT = 1 << 20
 NOT_TIMED = "not timed: every correctness test must pass before the benchmark runs"
 
@@ -92,14 +94,19 @@ def run_timed_cases(grading, *, check: Callable[[int, dict, object], None]) -> N
     world_size = sizes.pop()
     groups: list[rankgroup.Group] = []
     try:
-        student = _start(grading, "student", world_size)
+        kept = rankgroup.take_for_timing(grading, world_size)
+        student = kept or _start(grading, "student", world_size)
         groups.append(student)
         reference = _start(grading, "reference", world_size) if wants_reference else None
         if reference is not None:
             groups.append(reference)
         for group in groups:
+            if group is kept:
+                continue
             try:
-                group.wait_all("joined" if world_size > 1 else "imported")
+                group.wait_all("imported", members=group.members)
+                if world_size > 1:
+                    group.join(world_size)
             except rankgroup.GroupEnded as exc:
                 if group.role == "reference":
                     raise RuntimeError(f"the lab's reference.py did not start: {exc}") from None
@@ -139,7 +146,7 @@ def _time_case(grading, index: int, student: rankgroup.Group, reference: rankgro
             for name, shape in spec["outputs"].items()
         },
         reference_seconds=[] if use_reference else None,
-        network_bytes=[] if student.world_size > 1 and student.network is not None else None,
+        network_bytes=[] if student.ranks > 1 and student.network is not None else None,
     )
     setup = _saved({"inputs": case.get("inputs", {}), "probes": timed.probes})
     fingerprints: list[dict] = []
@@ -184,7 +191,7 @@ def _call(group: rankgroup.Group, number: int, inputs: dict) -> tuple[float, dic
     # A distributed case's call_inputs may return one dict per rank: each rank gets only its own.
     names = {
         member.rank: write_bundle(member.folder, inputs[member.rank] if isinstance(inputs, list) else inputs)
-        for member in group.members
+        for member in group.active
     }
     try:
         started = time.monotonic()
@@ -201,7 +208,7 @@ def _call(group: rankgroup.Group, number: int, inputs: dict) -> tuple[float, dic
             else:
                 raise  # the job's time ran out (the student's calls took it) or the student's process ended
     finally:
-        for member in group.members:
+        for member in group.active:
             (member.folder.runner / CALLS_DIR / names[member.rank]).unlink(missing_ok=True)
     if any(event["type"] == "call_failed" for _, event in replies):
         which = f"timed call {number + 1}" if number >= 0 else "a warm-up call"
@@ -211,7 +218,7 @@ def _call(group: rankgroup.Group, number: int, inputs: dict) -> tuple[float, dic
     fingerprint: dict = {}
     for rank, (_, event) in enumerate(replies):
         fp = event.get("fp")
-        if group.world_size == 1:
+        if group.ranks == 1:
             return replies[0][0] - started, fp
         for name, value in fp.items() if isinstance(fp, dict) else ():
             fingerprint[f"{name}@{rank}"] = value
@@ -225,14 +232,7 @@ def _start(grading, role: str, world_size: int) -> rankgroup.Group:
         if role == "student":  # the same module prints again in this process: say which one it is
             grading.sink.publish(EventType.LOG, {"stream": "output", "text": marked(text)})
 
-    def prepare(folder: JobFolder) -> None:
-        calls = folder.runner / CALLS_DIR
-        calls.mkdir(mode=0o311)  # the job may open a call's file by its name, never list the folder
-        calls.chmod(0o311)
-
-    return rankgroup.Group.start(
-        grading, role=role, world_size=world_size, mode="timed", on_output=on_output, prepare=prepare, tag="t"
-    )
+    return rankgroup.Group.start(grading, role=role, ranks=world_size, mode="timed", on_output=on_output, tag="t")
 
 
 def write_bundle(folder: JobFolder, inputs: dict) -> str:
@@ -289,7 +289,7 @@ def _student_error(groups: list[rankgroup.Group]) -> tuple[str, dict | None]:
     lost connection to a failed peer."""
     student = next((g for g in groups if g.role == "student"), None)
     errors = []
-    for member in student.members if student is not None else ():
+    for member in (student.active or student.members) if student is not None else ():
         record = read_record(member.folder, "timed")
         if record.get("ok") is False and record["error"].get("type") != "NoOutput":
             where = f"rank {member.rank} of {student.world_size}: " if student.world_size > 1 else ""

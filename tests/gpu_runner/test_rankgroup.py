@@ -97,6 +97,40 @@ def test_abstract_unix_sockets_and_other_netlink_families_are_refused_in_a_rank(
     assert "raised RuntimeError: refused [97, 97, 97]" in test["message"], test["message"]  # EAFNOSUPPORT
 
 
+def test_one_group_of_processes_runs_every_size_and_a_rank_outside_the_case_is_frozen():
+    # ring_lab's cases run on 2 ranks, then 3: the same three processes, the third parked (frozen)
+    # during the 2-rank case. It serves a port from a thread it started at import: while parked it
+    # cannot answer, so it can neither work for its peers nor take their CPU.
+    server = (
+        "import os, socket, threading\n"
+        "def _serve():\n"
+        "    listener = socket.socket()\n"
+        "    listener.bind(('0.0.0.0', 45000))\n"
+        "    listener.listen()\n"
+        "    while True:\n"
+        "        peer, _ = listener.accept()\n"
+        "        peer.sendall(b'awake')\n"
+        "if os.environ.get('AISYS_RANK') == '2':\n"
+        "    threading.Thread(target=_serve, daemon=True).start()\n"
+    )
+    probe = (
+        "    if rank == 0:\n"
+        "        with socket.create_connection(('10.77.2.2', 45000), timeout=5) as peer:\n"
+        "            peer.settimeout(0.5)\n"
+        "            try:\n"
+        "                said = peer.recv(16)\n"
+        "            except OSError:\n"
+        "                said = b'nothing'\n"
+        "        raise RuntimeError(f'rank 2 said {said!r} to a group of {size}')\n"
+        "    raise RuntimeError('not rank 0')\n"
+    )
+    source = server + CORRECT.replace("    total = t.clone()\n", "    total = t.clone()\n" + probe)
+    result, _ = grade_source(source, lab="ring_lab", limits=LIMITS)
+    tests = {t["name"]: t["message"] for t in result["tests"]}
+    assert tests["allsum"].startswith("rank 0 of 2: raised RuntimeError: rank 2 said b'nothing'"), tests
+    assert tests["allsum_3_ranks"].startswith("rank 0 of 3: raised RuntimeError: rank 2 said b'awake'"), tests
+
+
 def test_a_failing_rank_is_named_not_the_peer_that_lost_it():
     result, test = _grade("    if rank == 1:\n        raise ValueError('rank 1 gives up')\n")
     assert result["verdict"] == "failed" and result["reason"] == "wrong_answer"
