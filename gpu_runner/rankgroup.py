@@ -134,15 +134,14 @@ class Group:
         lab = grading.lab
         wall = float(grading.limits["wall_seconds"])
         group = cls(role=role, ranks=ranks, world_size=1 if ranks == 1 else 0, job_wall_seconds=wall)
-        world_size = ranks
         # The lab's wall time covers the whole job: these processes get what is left of it.
         left = wall - (time.time() - grading.marks.get("launched", time.time()))
         limits = {**grading.limits, "wall_seconds": max(left, 1.0)}
         gpus = sandbox.assigned_gpus() if grading.device == "cuda" else ()
         try:
-            if world_size > 1 and grading.config.sandboxed:
-                group.network = RankNetwork.create(world_size)
-            for rank in range(world_size):
+            if ranks > 1 and grading.config.sandboxed:
+                group.network = RankNetwork.create(ranks)
+            for rank in range(ranks):
                 folder = new_job_folder(
                     f"{grading.job_id}{role[0]}{tag}{rank}", lab=lab, config=grading.config, limits=grading.limits
                 )
@@ -160,8 +159,8 @@ class Group:
                     seat = group.network.seat(rank) if group.network is not None else None
                     box = sandbox.Sandbox(grading.config, folder, limits, gpus, network=seat)
                     env = job_environment(folder, device=grading.device, interpreted=grading.interpreted)
-                    if world_size > 1:
-                        env.update(AISYS_RANK=str(rank), AISYS_WORLD_SIZE=str(world_size))
+                    if ranks > 1:
+                        env.update(AISYS_RANK=str(rank), AISYS_WORLD_SIZE=str(ranks))
                         if group.network is not None:  # rank 0 holds the rendezvous; gloo talks over eth0
                             env["AISYS_GROUP_ADDR"] = group.network.address(0)
                             env["GLOO_SOCKET_IFNAME"] = "eth0"  # the sandbox's hostname need not resolve
@@ -205,7 +204,16 @@ class Group:
         port = GROUP_PORT + self.joins - 1 if self.network is not None else _free_port()
         self.send(f"join {size} {port}\n".encode(), self.members)
         self.world_size = 0  # until every process has answered
-        self.wait_all("joined", deadline=time.monotonic() + START_SECONDS, members=self.members)
+        try:
+            self.wait_all("joined", deadline=time.monotonic() + START_SECONDS, members=self.members)
+        except GroupEnded as exc:
+            if str(exc) != HANG:
+                raise
+            waiting = [str(m.rank) for m in self.members if m.rank not in exc.done]
+            still = f"{'ranks' if len(waiting) > 1 else 'rank'} {', '.join(waiting)} still joining"
+            raise GroupEnded(
+                f"the ranks did not form a process group of {size} within {START_SECONDS:g} s ({still})", exc.found
+            ) from None
         self.world_size, self.stale = size, False
         for member in self.members[size:]:
             member.parked = member.box.freeze()
@@ -408,7 +416,7 @@ def run_rank_cases(grading, *, check: Callable[[int, dict, object], None]) -> No
                 "world_size": world_size,
             }
             check(index, runtime, [r["value"] for r in records])
-        if group is not None and all(grading.tests[i].outcome == "passed" for i in indices):
+        if group is not None and _timed_sizes(grading) and all(grading.tests[i].outcome == "passed" for i in indices):
             grading.rank_group, group = group, None  # for the timing phase, which stops it
     except GroupEnded as exc:  # a group that could not start (import) or form (join)
         if exc.import_error is not None and grading.import_error is None:
@@ -430,29 +438,29 @@ def take_for_timing(grading, world_size: int) -> Group | None:
     if group is None:
         return None
     try:
-        if group.ranks < world_size or not 1 < world_size:
-            group.stop()
-            return None
-        try:
+        if 1 < world_size <= group.ranks:
             group.join(world_size)
-        except GroupEnded:
-            group.stop()
-            return None  # the timing phase starts its own and reports what it says
-        if not group.parked:
-            group.stop()
-            return None
-        return group
+            if group.parked:
+                return group
+    except GroupEnded:
+        pass  # the timing phase starts a group of its own, and reports what that one says
     except BaseException:
         group.stop()
         raise
+    group.stop()
+    return None
 
 
 def _capacity(grading, indices: list[int]) -> int:
     """Processes for a group to run the distributed cases ``indices`` and then, if the lab has one,
     the student's side of its distributed timed case."""
-    sizes = [int(grading.cases[i]["world_size"]) for i in indices]
-    sizes += [int(c["timed"].get("world_size", 1)) for c in grading.cases if "timed" in c]
-    return max(sizes)
+    return max([int(grading.cases[i]["world_size"]) for i in indices] + _timed_sizes(grading))
+
+
+def _timed_sizes(grading) -> list[int]:
+    """The world sizes of the lab's distributed timed cases."""
+    sizes = [int(case["timed"].get("world_size", 1)) for case in grading.cases if "timed" in case]
+    return [size for size in sizes if size > 1]
 
 
 def _start_cases(grading, indices: list[int]) -> Group:
