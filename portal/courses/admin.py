@@ -24,8 +24,8 @@ class CourseAdmin(admin.ModelAdmin):
 
 @admin.register(Enrollment)
 class EnrollmentAdmin(admin.ModelAdmin):
-    list_display = ("user", "course", "role", "created_at")
-    list_filter = ("course", "role")
+    list_display = ("user", "course", "role", "section", "created_at")
+    list_filter = ("course", "role", "section")
     search_fields = ("user__username", "user__email")
 
 

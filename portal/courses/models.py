@@ -26,6 +26,7 @@ class Enrollment(models.Model):
     course = models.ForeignKey(Course, on_delete=models.CASCADE, related_name="enrollments")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="enrollments")
     role = models.CharField(max_length=20, choices=Role.choices, default=Role.STUDENT)
+    section = models.CharField(max_length=50, blank=True, default="", help_text="e.g. a lab group or recitation")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
