@@ -24,6 +24,11 @@ def is_course_staff(*, course: Course, user: User | AnonymousUser) -> bool:
     return course_role(course=course, user=user) in (*STAFF_ROLES, "admin")
 
 
+def can_manage_roster(*, course: Course, user: User | AnonymousUser) -> bool:
+    """The course's instructors and admins import rosters; TAs do not."""
+    return course_role(course=course, user=user) in (Enrollment.Role.INSTRUCTOR, "admin")
+
+
 def courses_for_user(*, user: User) -> QuerySet[Course]:
     if user.is_superuser:
         return Course.objects.filter(is_active=True)

@@ -6,6 +6,7 @@ app_name = "courses"
 urlpatterns = [
     path("", views.home, name="home"),
     path("courses/<slug:course_slug>/", views.course_detail, name="course"),
+    path("courses/<slug:course_slug>/staff/roster/", views.roster, name="roster"),
     path("courses/<slug:course_slug>/<slug:assignment_slug>/", views.assignment_detail, name="assignment"),
     path("courses/<slug:course_slug>/<slug:assignment_slug>/starter.zip", views.starter_download, name="starter"),
     path("courses/<slug:course_slug>/<slug:assignment_slug>/leaderboard/", views.leaderboard, name="leaderboard"),

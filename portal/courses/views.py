@@ -1,3 +1,4 @@
+import base64
 import io
 import zipfile
 
@@ -8,9 +9,12 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 
 from portal.courses.models import Course
+from portal.courses.roster import MAX_BYTES as ROSTER_MAX_BYTES
+from portal.courses.roster import RosterError, import_roster
 from portal.courses.selectors import (
     assignment_for_user,
     assignments_for_user,
+    can_manage_roster,
     course_role,
     courses_for_user,
     is_course_staff,
@@ -41,8 +45,48 @@ def course_detail(request, course_slug: str):
             "role": role,
             "assignments": assignments_for_user(course=course, user=request.user),
             "now": timezone.now(),
+            "can_manage_roster": can_manage_roster(course=course, user=request.user),
         },
     )
+
+
+@login_required
+def roster(request, course_slug: str):
+    """The course's people, and a roster CSV import: upload, see what each line would do, apply."""
+    course = get_object_or_404(Course, slug=course_slug, is_active=True)
+    if not can_manage_roster(course=course, user=request.user):
+        raise Http404("Only the course's instructors can manage its roster.")
+    pending = f"roster-upload-{course.pk}"  # the previewed file, until it is applied
+    preview = None
+    if request.method == "POST" and request.POST.get("action") == "preview":
+        upload = request.FILES.get("file")
+        if upload is None:
+            messages.error(request, "Choose a CSV file to import.")
+        elif upload.size > ROSTER_MAX_BYTES:
+            messages.error(request, f"The file is {upload.size:,} bytes; a roster may be at most {ROSTER_MAX_BYTES:,}.")
+        else:
+            data = upload.read(ROSTER_MAX_BYTES + 1)
+            try:
+                preview = import_roster(course, data, dry_run=True)
+            except RosterError as exc:
+                messages.error(request, f"{upload.name}: {exc}")
+            else:
+                request.session[pending] = base64.b64encode(data).decode()
+    elif request.method == "POST" and request.POST.get("action") == "apply":
+        encoded = request.session.pop(pending, None)
+        if encoded is None:
+            messages.error(request, "Nothing to apply: upload the file and preview it first.")
+        else:
+            try:
+                done = import_roster(course, base64.b64decode(encoded))
+            except RosterError as exc:  # cannot happen for a file that previewed, unless the rules changed
+                messages.error(request, str(exc))
+            else:
+                level = messages.SUCCESS if done.all_accepted else messages.WARNING
+                messages.add_message(request, level, f"Roster imported: {done.summary()}.")
+        return redirect("courses:roster", course_slug=course.slug)
+    enrollments = course.enrollments.select_related("user").order_by("role", "section", "user__username")
+    return render(request, "courses/roster.html", {"course": course, "preview": preview, "enrollments": enrollments})
 
 
 def _assignment_or_404(request, course_slug: str, assignment_slug: str):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth.models import User
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.urls import reverse
 
 from portal.courses.models import Enrollment
 from portal.courses.roster import RosterError, import_roster, plan
@@ -127,3 +129,55 @@ def test_the_command_prints_each_line_and_the_summary_and_exits_1_on_a_refused_l
 
     with pytest.raises(CommandError, match="no course with slug 'nope'"):
         call_command("roster", "import", "nope", str(good))
+
+
+# -- the staff page -------------------------------------------------------------------------------
+
+
+def _roster_url(course) -> str:
+    return reverse("courses:roster", args=[course.slug])
+
+
+def test_an_instructor_previews_then_applies_a_roster_on_the_staff_page(client, cast):
+    course = cast["course"]
+    client.force_login(cast["ines"])
+    course_page = client.get(reverse("courses:course", args=[course.slug])).content.decode()
+    assert f'href="{_roster_url(course)}"' in course_page
+    upload = SimpleUploadedFile("roster.csv", (ROSTER + "eve,eve@uni.edu,Eve,,hacker,A\n").encode())
+    page = client.post(_roster_url(course), {"action": "preview", "file": upload}).content.decode()
+    assert "created 3, updated 0, unchanged 0, refused 1" in page
+    assert "unknown role &#x27;hacker&#x27;" in page  # escaped like everything the file says
+    assert not Enrollment.objects.filter(course=course, user__username="ada").exists()  # a preview writes nothing
+
+    done = client.post(_roster_url(course), {"action": "apply"}, follow=True)
+    page = done.content.decode()
+    assert "Roster imported: created 3, updated 0, unchanged 0, refused 1." in page
+    assert Enrollment.objects.get(course=course, user__username="alan").role == "ta"
+    assert "Lovelace" in page  # the people table lists the new enrollments
+    # Applying twice needs a second preview: the file is not kept once applied.
+    again = client.post(_roster_url(course), {"action": "apply"}, follow=True).content.decode()
+    assert "Nothing to apply: upload the file and preview it first." in again
+
+
+def test_a_bad_file_on_the_page_says_what_to_fix(client, cast):
+    client.force_login(cast["ines"])
+    upload = SimpleUploadedFile("roster.csv", b"name,mail\nada,ada@uni.edu\n")
+    page = client.post(_roster_url(cast["course"]), {"action": "preview", "file": upload}).content.decode()
+    assert "roster.csv: the header lacks username, email, role" in page
+    assert "Apply" not in page
+
+
+@pytest.mark.parametrize("viewer", ["tariq", "alice", "outsider"])
+def test_only_instructors_and_admins_reach_the_roster(client, cast, viewer):
+    client.force_login(cast[viewer])
+    assert client.get(_roster_url(cast["course"])).status_code == 404
+    upload = SimpleUploadedFile("roster.csv", ROSTER.encode())
+    assert client.post(_roster_url(cast["course"]), {"action": "preview", "file": upload}).status_code == 404
+    assert not User.objects.filter(username="ada").exists()
+
+
+def test_an_admin_reaches_the_roster_and_anonymous_users_log_in_first(client, cast):
+    response = client.get(_roster_url(cast["course"]))
+    assert response.status_code == 302 and "/accounts/login/" in response.url
+    client.force_login(UserFactory(username="root", is_superuser=True))
+    assert client.get(_roster_url(cast["course"])).status_code == 200
