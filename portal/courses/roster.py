@@ -6,7 +6,7 @@ or ``;``. ``plan`` reads it and says, for each line, what applying it would do: 
 account or a new enrollment), update (what changes), leave unchanged, or refuse (and why); it
 writes nothing, so it is also the dry run. ``import_roster`` plans and carries out the accepted
 lines in one transaction. Applying the same file twice changes nothing the second time. New accounts get
-no usable password: they sign in once an invitation or single sign-on gives them a way in.
+no usable password: ``invite_new_accounts`` mails each a link to set one (portal/accounts/invitations.py).
 
 Used by the staff pages and by ``manage.py roster import``. Portal code, trusted; the file is
 not (it comes from whoever holds the instructor's login).
@@ -24,6 +24,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import transaction
 
+from portal.accounts.invitations import needs_invitation, send_invitation
 from portal.courses.models import Course, Enrollment
 
 COLUMNS = ("username", "email", "first_name", "last_name", "role", "section")
@@ -191,6 +192,17 @@ def import_roster(course: Course, data: bytes, *, dry_run: bool = False) -> Plan
             if line.action in ("create", "update"):
                 _apply(course, line.username, line.row)
     return roster
+
+
+def invite_new_accounts(roster: Plan) -> list[str]:
+    """Mail an invitation to each account an applied ``roster`` created; their email addresses."""
+    usernames = [line.username for line in roster.lines if line.action == "create" and "new account" in line.changes]
+    sent = []
+    for user in User.objects.filter(username__in=usernames).order_by("username"):
+        if needs_invitation(user):
+            send_invitation(user, roster.course)
+            sent.append(user.email)
+    return sent
 
 
 def _apply(course: Course, username: str, row: dict[str, str]) -> None:

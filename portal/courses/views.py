@@ -8,9 +8,10 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 
+from portal.accounts.invitations import needs_invitation, send_invitation
 from portal.courses.models import Course
 from portal.courses.roster import MAX_BYTES as ROSTER_MAX_BYTES
-from portal.courses.roster import RosterError, import_roster
+from portal.courses.roster import RosterError, import_roster, invite_new_accounts
 from portal.courses.selectors import (
     assignment_for_user,
     assignments_for_user,
@@ -82,10 +83,23 @@ def roster(request, course_slug: str):
             except RosterError as exc:  # cannot happen for a file that previewed, unless the rules changed
                 messages.error(request, str(exc))
             else:
+                sent = invite_new_accounts(done)
                 level = messages.SUCCESS if done.all_accepted else messages.WARNING
-                messages.add_message(request, level, f"Roster imported: {done.summary()}.")
+                invited = f" Invitations sent to {len(sent)} new accounts." if sent else ""
+                messages.add_message(request, level, f"Roster imported: {done.summary()}.{invited}")
         return redirect("courses:roster", course_slug=course.slug)
-    enrollments = course.enrollments.select_related("user").order_by("role", "section", "user__username")
+    elif request.method == "POST" and request.POST.get("action") == "invite":
+        enrollment = course.enrollments.select_related("user").filter(user__username=request.POST.get("username"))
+        user = enrollment.first().user if enrollment.exists() else None
+        if user is None or not needs_invitation(user):
+            messages.error(request, "That account can sign in already (or has no email address): no invitation sent.")
+        else:
+            send_invitation(user, course)
+            messages.success(request, f"Invitation sent to {user.email}.")
+        return redirect("courses:roster", course_slug=course.slug)
+    enrollments = list(course.enrollments.select_related("user").order_by("role", "section", "user__username"))
+    for enrollment in enrollments:
+        enrollment.invitable = needs_invitation(enrollment.user)
     return render(request, "courses/roster.html", {"course": course, "preview": preview, "enrollments": enrollments})
 
 

@@ -1,8 +1,8 @@
 """``manage.py roster import <course-slug> <file.csv> [--dry-run]``: a course's people from a CSV.
 
 Prints what each line does (portal/courses/roster.py) and a summary line ``created N, updated N,
-unchanged N, refused N``; exit status 0 when every line was accepted, 1 otherwise (the accepted
-lines are applied all the same, unless ``--dry-run``).
+unchanged N, refused N``; each new account is mailed an invitation. Exit status 0 when every line
+was accepted, 1 otherwise (the accepted lines are applied all the same, unless ``--dry-run``).
 """
 
 from pathlib import Path
@@ -10,7 +10,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from portal.courses.models import Course
-from portal.courses.roster import MAX_BYTES, RosterError, import_roster
+from portal.courses.roster import MAX_BYTES, RosterError, import_roster, invite_new_accounts
 
 
 class Command(BaseCommand):
@@ -38,6 +38,10 @@ class Command(BaseCommand):
             raise CommandError(f"{file}: {exc}") from None
         for line in roster.lines:
             self.stdout.write(line.describe())
+        if not dry_run:
+            sent = invite_new_accounts(roster)
+            if sent:
+                self.stdout.write(f"invitations sent to {len(sent)} new accounts")
         self.stdout.write(("dry run, nothing changed: " if dry_run else "") + roster.summary())
         if not roster.all_accepted:
             raise SystemExit(1)
