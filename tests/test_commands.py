@@ -67,6 +67,11 @@ def test_demo_creates_the_course_users_and_every_lab_and_is_idempotent(db, capsy
     assert User.objects.get(username="alice").check_password(password)
     assert password in second  # the same logins the second time
     assert f"alice {password}" in (tmp_path / "demo-logins.txt").read_text()
+    # An admin login too, which opens Django admin (none of the course's logins can).
+    admin_password = next(line for line in first.splitlines() if " admin " in line).split("password: ")[1].strip()
+    assert admin_password in second
+    admin = User.objects.get(username="admin")
+    assert admin.is_superuser and admin.is_staff and admin.check_password(admin_password)
 
 
 def test_lab_new_scaffolds_a_lab_that_passes_lab_check(tmp_path):

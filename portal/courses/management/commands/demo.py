@@ -1,4 +1,5 @@
-"""``manage.py demo``: a demo course offering every lab, an instructor and three students."""
+"""``manage.py demo``: a demo course offering every lab, an instructor and three students, and a
+site admin (a superuser, for Django admin and every course)."""
 
 import secrets
 from datetime import timedelta
@@ -21,6 +22,7 @@ CAST = [
     ("bob", Enrollment.Role.STUDENT),
     ("carol", Enrollment.Role.STUDENT),
 ]
+ADMIN = "admin"  # the site's superuser: not enrolled, sees every course and Django admin
 
 
 def logins_file():
@@ -51,6 +53,13 @@ class Command(BaseCommand):
                 user.save()
                 known[username] = password
             enrollment_create(course=course, user=user, role=role)
+        admin = User.objects.filter(username=ADMIN).first()
+        if admin is None or reset_passwords or ADMIN not in known:
+            known[ADMIN] = f"{ADMIN}-{secrets.token_urlsafe(6)}"
+            admin = admin or User(username=ADMIN, email=f"{ADMIN}@example.edu")
+            admin.set_password(known[ADMIN])
+        admin.is_staff = admin.is_superuser = True
+        admin.save()
         now = timezone.now()
         offered = set(course.assignments.values_list("lab__slug", flat=True))
         for lab in Lab.objects.filter(is_available=True).exclude(slug__in=offered):
@@ -58,7 +67,7 @@ class Command(BaseCommand):
         logins_file().write_text("".join(f"{u} {p}\n" for u, p in known.items()))
         logins_file().chmod(0o600)
         self.stdout.write(f"Demo course '{course.title}' with {course.assignments.count()} lab(s). Logins:")
-        for username, role in CAST:
+        for username, role in [*CAST, (ADMIN, "admin")]:
             self.stdout.write(f"  {role:<10} {username:<10} password: {known[username]}")
 
 
