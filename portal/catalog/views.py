@@ -72,7 +72,10 @@ def lab_upload_action(request, upload_id: int, action: str):
         except LabUploadError as exc:
             messages.error(request, f"Not published: {exc}")
         else:
-            messages.success(request, f"{lab.slug} v{lab.version} is published and can be assigned.")
+            messages.success(
+                request,
+                f"{lab.slug} v{lab.version} is published: assign it from a course's Assignments page.",
+            )
     elif action == "check":
         if lab_upload_dispatch_self_check(upload_id=upload.pk):
             messages.success(request, "Sent to a worker to be checked again.")

@@ -24,8 +24,8 @@ def is_course_staff(*, course: Course, user: User | AnonymousUser) -> bool:
     return course_role(course=course, user=user) in (*STAFF_ROLES, "admin")
 
 
-def can_manage_roster(*, course: Course, user: User | AnonymousUser) -> bool:
-    """The course's instructors and admins import rosters; TAs do not."""
+def can_manage_course(*, course: Course, user: User | AnonymousUser) -> bool:
+    """The course's instructors and admins manage it (roster, assignments); TAs do not."""
     return course_role(course=course, user=user) in (Enrollment.Role.INSTRUCTOR, "admin")
 
 

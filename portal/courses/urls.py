@@ -7,6 +7,12 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("courses/<slug:course_slug>/", views.course_detail, name="course"),
     path("courses/<slug:course_slug>/staff/roster/", views.roster, name="roster"),
+    path("courses/<slug:course_slug>/staff/assignments/", views.staff_assignments, name="staff_assignments"),
+    path(
+        "courses/<slug:course_slug>/staff/assignments/<slug:assignment_slug>/",
+        views.staff_assignment_edit,
+        name="staff_assignment_edit",
+    ),
     path("courses/<slug:course_slug>/<slug:assignment_slug>/", views.assignment_detail, name="assignment"),
     path("courses/<slug:course_slug>/<slug:assignment_slug>/starter.zip", views.starter_download, name="starter"),
     path("courses/<slug:course_slug>/<slug:assignment_slug>/leaderboard/", views.leaderboard, name="leaderboard"),

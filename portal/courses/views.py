@@ -9,13 +9,14 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 
 from portal.accounts.invitations import needs_invitation, send_invitation
+from portal.courses.forms import AssignmentForm
 from portal.courses.models import Course
 from portal.courses.roster import MAX_BYTES as ROSTER_MAX_BYTES
 from portal.courses.roster import RosterError, import_roster, invite_new_accounts
 from portal.courses.selectors import (
     assignment_for_user,
     assignments_for_user,
-    can_manage_roster,
+    can_manage_course,
     course_role,
     courses_for_user,
     is_course_staff,
@@ -46,17 +47,53 @@ def course_detail(request, course_slug: str):
             "role": role,
             "assignments": assignments_for_user(course=course, user=request.user),
             "now": timezone.now(),
-            "can_manage_roster": can_manage_roster(course=course, user=request.user),
+            "can_manage_course": can_manage_course(course=course, user=request.user),
         },
+    )
+
+
+def _managed_course_or_404(request, course_slug: str) -> Course:
+    course = get_object_or_404(Course, slug=course_slug, is_active=True)
+    if not can_manage_course(course=course, user=request.user):
+        raise Http404("Only the course's instructors can manage it.")
+    return course
+
+
+@login_required
+def staff_assignments(request, course_slug: str):
+    """The course's assignments, and a form to offer a published lab with its window."""
+    course = _managed_course_or_404(request, course_slug)
+    form = AssignmentForm(request.POST or None, course=course)
+    if request.method == "POST" and form.is_valid():
+        assignment = form.save()
+        messages.success(request, f"{assignment.title} is assigned, due {assignment.due_at:%Y-%m-%d %H:%M %Z}.")
+        return redirect("courses:staff_assignments", course_slug=course.slug)
+    return render(
+        request,
+        "courses/staff_assignments.html",
+        {"course": course, "form": form, "assignments": course.assignments.select_related("lab")},
+    )
+
+
+@login_required
+def staff_assignment_edit(request, course_slug: str, assignment_slug: str):
+    """Change an assignment's title, address, window or visibility."""
+    course = _managed_course_or_404(request, course_slug)
+    assignment = get_object_or_404(course.assignments, slug=assignment_slug)
+    form = AssignmentForm(request.POST or None, instance=assignment, course=course)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        messages.success(request, f"{assignment.title} saved.")
+        return redirect("courses:staff_assignments", course_slug=course.slug)
+    return render(
+        request, "courses/staff_assignment_edit.html", {"course": course, "form": form, "assignment": assignment}
     )
 
 
 @login_required
 def roster(request, course_slug: str):
     """The course's people, and a roster CSV import: upload, see what each line would do, apply."""
-    course = get_object_or_404(Course, slug=course_slug, is_active=True)
-    if not can_manage_roster(course=course, user=request.user):
-        raise Http404("Only the course's instructors can manage its roster.")
+    course = _managed_course_or_404(request, course_slug)
     pending = f"roster-upload-{course.pk}"  # the previewed file, until it is applied
     preview = None
     if request.method == "POST" and request.POST.get("action") == "preview":
