@@ -49,3 +49,15 @@ class AssignmentForm(forms.ModelForm):
         if slug and taken.exists():
             self.add_error("slug", f"The course has an assignment '{slug}' already; choose another.")
         return data
+
+
+class CourseForm(forms.ModelForm):
+    """A new course (site admins), with its first instructor: an account, or a new one invited."""
+
+    instructor_username = forms.CharField(required=False, max_length=150, label="First instructor's username")
+    instructor_email = forms.EmailField(required=False, label="Their email (for a new account's invitation)")
+
+    class Meta:
+        model = Course
+        fields = ["slug", "title", "description"]
+        help_texts = {"slug": "In the course's address, e.g. sys-fall-2027."}

@@ -110,10 +110,15 @@ def read_rows(data: bytes) -> list[tuple[int, dict[str, str]]]:
 
 def plan(course: Course, data: bytes) -> Plan:
     """What importing ``data`` into ``course`` would do, line by line; writes nothing."""
+    return plan_rows(course, read_rows(data))
+
+
+def plan_rows(course: Course, rows: list[tuple[int, dict[str, str]]]) -> Plan:
+    """``plan`` for rows already read: ``(line number, {column: value})``."""
     lines: list[Line] = []
     seen_usernames: dict[str, int] = {}
     seen_emails: dict[str, int] = {}
-    for number, row in read_rows(data):
+    for number, row in rows:
         line = _plan_line(course, number, row)
         username, email = row.get("username", "").lower(), row.get("email", "").lower()
         if line.action != "refused":
@@ -182,11 +187,16 @@ def _changes(course: Course, user: User, row: dict[str, str]) -> list[str]:
     return changes
 
 
-@transaction.atomic
 def import_roster(course: Course, data: bytes, *, dry_run: bool = False) -> Plan:
     """Plan ``data`` for ``course`` and, unless ``dry_run``, carry out its accepted lines, in one
     transaction (what is applied is what was planned against the database as it is now)."""
-    roster = plan(course, data)
+    return import_rows(course, read_rows(data), dry_run=dry_run)
+
+
+@transaction.atomic
+def import_rows(course: Course, rows: list[tuple[int, dict[str, str]]], *, dry_run: bool = False) -> Plan:
+    """``import_roster`` for rows already read (a form's one person, say)."""
+    roster = plan_rows(course, rows)
     if not dry_run:
         for line in roster.lines:
             if line.action in ("create", "update"):

@@ -5,6 +5,7 @@ from portal.courses import views
 app_name = "courses"
 urlpatterns = [
     path("", views.home, name="home"),
+    path("staff/courses/new/", views.course_new, name="course_new"),
     path("courses/<slug:course_slug>/", views.course_detail, name="course"),
     path("courses/<slug:course_slug>/staff/roster/", views.roster, name="roster"),
     path("courses/<slug:course_slug>/staff/assignments/", views.staff_assignments, name="staff_assignments"),

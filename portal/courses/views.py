@@ -4,15 +4,17 @@ import zipfile
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
+from django.db import transaction
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 
 from portal.accounts.invitations import needs_invitation, send_invitation
-from portal.courses.forms import AssignmentForm
+from portal.courses.forms import AssignmentForm, CourseForm
 from portal.courses.models import Course
 from portal.courses.roster import MAX_BYTES as ROSTER_MAX_BYTES
-from portal.courses.roster import RosterError, import_roster, invite_new_accounts
+from portal.courses.roster import RosterError, import_roster, import_rows, invite_new_accounts
 from portal.courses.selectors import (
     assignment_for_user,
     assignments_for_user,
@@ -31,6 +33,40 @@ from portal.submissions.services import SubmissionRefused, check_submission_allo
 @login_required
 def home(request):
     return render(request, "courses/home.html", {"courses": courses_for_user(user=request.user)})
+
+
+class _Refused(Exception):
+    pass
+
+
+@login_required
+def course_new(request):
+    """A site admin creates a course and names its first instructor (invited if the account is new)."""
+    if not request.user.is_superuser:
+        raise Http404("Only site admins create courses.")
+    form = CourseForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        username, email = form.cleaned_data["instructor_username"], form.cleaned_data["instructor_email"]
+        try:
+            with transaction.atomic():
+                course = form.save()
+                sent = []
+                if username:
+                    row = {"username": username, "email": email, "role": "instructor"}
+                    existing = User.objects.filter(username=username).first()
+                    if existing is not None and not email:
+                        row["email"] = existing.email  # an account's own address: nothing to change
+                    named = import_rows(course, [(1, row)])
+                    if not named.all_accepted:
+                        raise _Refused(named.lines[0].reason)
+                    sent = invite_new_accounts(named)
+        except _Refused as exc:
+            form.add_error("instructor_username", f"{username}: {exc}")
+        else:
+            invited = f" An invitation went to {sent[0]}." if sent else ""
+            messages.success(request, f"Course {course.title} created.{invited}")
+            return redirect("courses:course", course_slug=course.slug)
+    return render(request, "courses/course_new.html", {"form": form})
 
 
 @login_required
