@@ -102,7 +102,8 @@ def staff_assignments(request, course_slug: str):
     form = AssignmentForm(request.POST or None, course=course)
     if request.method == "POST" and form.is_valid():
         assignment = form.save()
-        messages.success(request, f"{assignment.title} is assigned, due {assignment.due_at:%Y-%m-%d %H:%M %Z}.")
+        due = timezone.localtime(assignment.due_at)
+        messages.success(request, f"{assignment.title} is assigned, due {due:%Y-%m-%d %H:%M %Z}.")
         return redirect("courses:staff_assignments", course_slug=course.slug)
     return render(
         request,

@@ -3,37 +3,12 @@ log and the tests arrive live, and see the leaderboard (open in another tab) cha
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from labs.catalog import find_lab
 from tests.conftest import PASSWORD
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser, pytest.mark.slow]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.fixture
-def browser():
-    if CHROMIUM is None:
-        pytest.fail("headless Chromium is needed for browser tests: apt-get install chromium (make test does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        yield browser
-        browser.close()
 
 
 def test_student_submits_and_watches_it_live(live_stack, cast, custom_op, browser, tmp_path):

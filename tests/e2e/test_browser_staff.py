@@ -1,0 +1,60 @@
+"""An instructor in headless Chromium: assign a lab and import a roster from the staff pages,
+previewing the file before anything changes."""
+
+from __future__ import annotations
+
+import pytest
+
+from portal.courses.models import Assignment, Enrollment
+from tests.conftest import PASSWORD
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
+
+ROSTER = (
+    "username;email;first_name;last_name;role;section\n"
+    "ada;ada@uni.edu;Ada;Lovelace;student;A\n"
+    "eve;eve@uni.edu;Eve;;hacker;A\n"
+)
+
+
+def test_an_instructor_assigns_a_lab_and_imports_a_roster(
+    live_server, cast, custom_op, browser, tmp_path, mailoutbox, monkeypatch
+):
+    # Playwright's sync API runs an event loop in this thread; the ORM checks below are plain reads.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    base, course = live_server.url, cast["course"]
+    page = browser.new_context().new_page()
+    page.goto(f"{base}/accounts/login/")
+    page.fill("input[name=username]", "ines")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/")
+
+    page.goto(f"{base}/courses/{course.slug}/")
+    page.click("text=Assignments")
+    page.select_option("select[name=lab]", value=str(custom_op.lab.pk))
+    page.fill("input[name=slug]", "hw2")
+    page.fill("input[name=opens_at]", "2026-01-05T09:00")
+    page.fill("input[name=due_at]", "2026-01-19T23:59")
+    page.click("#assign button[type=submit]")
+    page.wait_for_selector("text=is assigned, due 2026-01-19 23:59")
+    assert Assignment.objects.filter(course=course, slug="hw2").exists()
+
+    page.goto(f"{base}/courses/{course.slug}/")
+    page.click("text=Roster")
+    csv = tmp_path / "roster.csv"
+    csv.write_text(ROSTER)
+    page.set_input_files("input[name=file]", str(csv))
+    page.click("button[value=preview]")
+    page.wait_for_selector("#roster-summary")
+    assert page.locator("#roster-summary").text_content() == "created 1, updated 0, unchanged 0, refused 1"
+    refused = page.locator("#roster-preview tr.roster-refused td").nth(3).text_content()
+    assert refused == "unknown role 'hacker': use one of instructor, student, ta"
+    page.screenshot(path=str(tmp_path / "roster-preview.png"), full_page=True)
+    assert not Enrollment.objects.filter(course=course, user__username="ada").exists()
+
+    page.click("button[value=apply]")
+    page.wait_for_selector("text=Roster imported: created 1, updated 0, unchanged 0, refused 1.")
+    assert page.locator("#roster-people", has_text="Lovelace").count() == 1
+    assert Enrollment.objects.get(course=course, user__username="ada").section == "A"
+    assert [m.to for m in mailoutbox] == [["ada@uni.edu"]]
