@@ -4,6 +4,7 @@ previewing the file before anything changes."""
 from __future__ import annotations
 
 import pytest
+from django.db import connections
 
 from portal.courses.models import Assignment, Enrollment
 from tests.conftest import PASSWORD
@@ -58,3 +59,4 @@ def test_an_instructor_assigns_a_lab_and_imports_a_roster(
     assert page.locator("#roster-people", has_text="Lovelace").count() == 1
     assert Enrollment.objects.get(course=course, user__username="ada").section == "A"
     assert [m.to for m in mailoutbox] == [["ada@uni.edu"]]
+    connections.close_all()  # the ORM made its own connection in Playwright's context: not left open
