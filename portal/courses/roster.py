@@ -166,19 +166,18 @@ def _plan_line(course: Course, number: int, row: dict[str, str]) -> Line:
         return Line(number=number, username=username, action="create", changes=["new account"], row=row)
     if user.is_superuser:
         return _refused(number, row, "an admin account is not managed by a roster")
-    changes = _changes(course, user, row)
-    enrolled = Enrollment.objects.filter(course=course, user=user).exists()
-    if not enrolled:
+    enrollment = Enrollment.objects.filter(course=course, user=user).first()
+    changes = _changes(user, enrollment, row)
+    if enrollment is None:
         return Line(number=number, username=username, action="create", changes=["enrolled", *changes], row=row)
     return Line(number=number, username=username, action="update" if changes else "unchanged", changes=changes, row=row)
 
 
-def _changes(course: Course, user: User, row: dict[str, str]) -> list[str]:
+def _changes(user: User, enrollment: Enrollment | None, row: dict[str, str]) -> list[str]:
     changes = []
     for name in ("email", "first_name", "last_name"):
         if name in row and getattr(user, name) != row[name]:
             changes.append(f"{name} {getattr(user, name)!r} -> {row[name]!r}")
-    enrollment = Enrollment.objects.filter(course=course, user=user).first()
     if enrollment is not None:
         if enrollment.role != row["role"]:
             changes.append(f"role {enrollment.role} -> {row['role']}")

@@ -163,8 +163,9 @@ def roster(request, course_slug: str):
                 messages.add_message(request, level, f"Roster imported: {done.summary()}.{invited}")
         return redirect("courses:roster", course_slug=course.slug)
     elif request.method == "POST" and request.POST.get("action") == "invite":
-        enrollment = course.enrollments.select_related("user").filter(user__username=request.POST.get("username"))
-        user = enrollment.first().user if enrollment.exists() else None
+        named = request.POST.get("username")
+        enrollment = course.enrollments.select_related("user").filter(user__username=named).first()
+        user = enrollment.user if enrollment is not None else None
         if user is None or not needs_invitation(user):
             messages.error(request, "That account can sign in already (or has no email address): no invitation sent.")
         else:
