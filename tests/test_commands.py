@@ -60,9 +60,16 @@ def test_demo_creates_the_course_users_and_every_lab_and_is_idempotent(db, capsy
     course = Course.objects.get(slug="aisys-demo")
     every_lab = sorted(lab.slug for lab in discover_labs())
     assert "vector_add" in every_lab
-    assert sorted(course.assignments.values_list("lab__slug", flat=True)) == every_lab
+    assert sorted(course.assignments.exclude(slug="autodiff-late").values_list("lab__slug", flat=True)) == every_lab
     roles = dict(Enrollment.objects.filter(course=course).values_list("user__username", "role"))
-    assert roles == {"instructor": "instructor", "alice": "student", "bob": "student", "carol": "student"}
+    assert roles == {"instructor": "instructor", "ta": "ta", "alice": "student", "bob": "student", "carol": "student"}
+    # the course side at work: sections, grace days spent late, an extension
+    late = course.assignments.get(slug="autodiff-late")
+    assert (course.grace_days, late.late_policy) == (3, "grace")
+    assert list(late.submissions.values_list("student__username", "late_days")) == [("carol", 2)]
+    assert list(late.extensions.values_list("student__username", "reason")) == [("bob", "demo: a medical note")]
+    sections = dict(Enrollment.objects.filter(course=course, role="student").values_list("user__username", "section"))
+    assert sections == {"alice": "A", "bob": "A", "carol": "B"}
     password = next(line for line in first.splitlines() if " alice " in line).split("password: ")[1].strip()
     assert User.objects.get(username="alice").check_password(password)
     assert password in second  # the same logins the second time

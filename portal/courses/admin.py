@@ -31,5 +31,5 @@ class EnrollmentAdmin(admin.ModelAdmin):
 
 @admin.register(Assignment)
 class AssignmentAdmin(admin.ModelAdmin):
-    list_display = ("title", "course", "lab", "opens_at", "due_at", "is_visible", "accepts_late")
+    list_display = ("title", "course", "lab", "opens_at", "due_at", "is_visible", "late_policy")
     list_filter = ("course", "is_visible")

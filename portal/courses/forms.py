@@ -1,4 +1,5 @@
-"""Staff forms of a course: an assignment's lab, window and visibility."""
+"""Staff forms of a course: an assignment's lab, window, late policy and quota; the course's
+settings; extensions."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from django.utils.text import slugify
 
 from portal.catalog.models import Lab
 from portal.courses.models import Assignment, Course
+from portal.courses.policies import LatePolicy
 
+POLICY_DEFAULTED = ("late_policy", "late_penalty_per_day", "late_penalty_cap")
 WHEN = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
 
 
@@ -16,13 +19,28 @@ class AssignmentForm(forms.ModelForm):
 
     class Meta:
         model = Assignment
-        fields = ["lab", "title", "slug", "opens_at", "due_at", "is_visible", "accepts_late"]
-        widgets = {"opens_at": WHEN, "due_at": WHEN}
+        fields = [
+            "lab",
+            "title",
+            "slug",
+            "opens_at",
+            "due_at",
+            "cutoff_at",
+            "is_visible",
+            "late_policy",
+            "late_penalty_per_day",
+            "late_penalty_cap",
+            "max_submissions",
+            "submissions_per_hour",
+        ]
+        widgets = {"opens_at": WHEN, "due_at": WHEN, "cutoff_at": WHEN}
         help_texts = {
             "slug": "In the assignment's address; left empty, made from the lab's name.",
             "title": "Left empty, the lab's title.",
             "opens_at": "In the course's time zone.",
             "due_at": "In the course's time zone.",
+            "cutoff_at": "In the course's time zone. Empty: late work (if the policy takes it) is accepted until "
+            "the course ends.",
         }
 
     def __init__(self, *args, course: Course, **kwargs):
@@ -30,13 +48,18 @@ class AssignmentForm(forms.ModelForm):
         self.course = self.instance.course = course
         self.fields["lab"].queryset = Lab.objects.filter(is_available=True).order_by("title")
         self.fields["slug"].required = self.fields["title"].required = False
-        for name in ("opens_at", "due_at"):
+        for name in ("opens_at", "due_at", "cutoff_at"):
             self.fields[name].input_formats = ["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"]
+        for name in POLICY_DEFAULTED:  # a form (or a script) that leaves them out gets the defaults
+            self.fields[name].required = False
         if self.instance.pk:
             self.fields["lab"].disabled = True  # its submissions were graded against this lab
 
     def clean(self):
         data = super().clean()
+        for name in POLICY_DEFAULTED:
+            if data.get(name) in (None, ""):
+                data[name] = Assignment._meta.get_field(name).get_default()
         lab = data.get("lab")
         if lab is not None:
             data["title"] = data.get("title") or lab.title
@@ -44,6 +67,17 @@ class AssignmentForm(forms.ModelForm):
         opens, due = data.get("opens_at"), data.get("due_at")
         if opens and due and due <= opens:
             self.add_error("due_at", "The due time must come after the opening time.")
+        cutoff = data.get("cutoff_at")
+        if cutoff and due and cutoff < due:
+            self.add_error("cutoff_at", "The cutoff cannot come before the due time.")
+        for name in ("late_penalty_per_day", "late_penalty_cap"):
+            if (data.get(name) or 0) > 100:
+                self.add_error(name, "A percentage: at most 100.")
+        if data.get("late_policy") == LatePolicy.GRACE and not self.course.grace_days:
+            self.add_error(
+                "late_policy",
+                "The course gives no grace days: set its bank in the course settings first, or choose another policy.",
+            )
         slug = data.get("slug")
         taken = Assignment.objects.filter(course=self.course, slug=slug).exclude(pk=self.instance.pk)
         if slug and taken.exists():
@@ -61,3 +95,66 @@ class CourseForm(forms.ModelForm):
         model = Course
         fields = ["slug", "title", "description"]
         help_texts = {"slug": "In the course's address, e.g. sys-fall-2027."}
+
+
+class CourseSettingsForm(forms.ModelForm):
+    """What an instructor sets for the whole course: its title, time zone and grace-day bank."""
+
+    class Meta:
+        model = Course
+        fields = ["title", "description", "time_zone", "grace_days"]
+
+
+class ExtensionForm(forms.Form):
+    """Grant an extension on one assignment to named students, or to every student of a section."""
+
+    assignment = forms.ModelChoiceField(queryset=Assignment.objects.none())
+    students = forms.CharField(
+        required=False,
+        label="Students",
+        help_text="Usernames, separated by spaces or commas",
+        widget=forms.TextInput(attrs={"size": 40}),
+    )
+    section = forms.ChoiceField(required=False, label="...or every student of section")
+    due_at = forms.DateTimeField(label="New due time", widget=WHEN, help_text="In the course's time zone.")
+    cutoff_at = forms.DateTimeField(
+        required=False,
+        label="New cutoff",
+        widget=WHEN,
+        help_text="Empty: the assignment's cutoff, or the new due time if that is later.",
+    )
+    reason = forms.CharField(max_length=200, help_text="Shown to the student, e.g. 'medical note'")
+
+    def __init__(self, *args, course: Course, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.course = course
+        self.fields["assignment"].queryset = course.assignments.order_by("due_at")
+        self.fields["assignment"].to_field_name = "slug"
+        sections = sorted(
+            set(course.enrollments.filter(role="student").exclude(section="").values_list("section", flat=True))
+        )
+        self.fields["section"].choices = [("", "(none)"), *((s, s) for s in sections)]
+        for name in ("due_at", "cutoff_at"):
+            self.fields[name].input_formats = ["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"]
+
+    def clean(self):
+        data = super().clean()
+        names = [n for n in (data.get("students") or "").replace(",", " ").split() if n]
+        section = data.get("section")
+        if bool(names) == bool(section):
+            raise forms.ValidationError("Name the students, or choose a section (one of the two).")
+        enrolled = self.course.enrollments.filter(role="student").select_related("user")
+        if section:
+            data["users"] = [e.user for e in enrolled.filter(section=section)]
+        else:
+            found = {e.user.username: e.user for e in enrolled.filter(user__username__in=names)}
+            unknown = [n for n in names if n not in found]
+            if unknown:
+                self.add_error("students", f"Not students of this course: {', '.join(unknown)}.")
+            data["users"] = [found[n] for n in dict.fromkeys(names) if n in found]
+        assignment, due, cutoff = data.get("assignment"), data.get("due_at"), data.get("cutoff_at")
+        if assignment and due and due <= assignment.opens_at:
+            self.add_error("due_at", "The new due time must come after the assignment opens.")
+        if due and cutoff and cutoff < due:
+            self.add_error("cutoff_at", "The cutoff cannot come before the new due time.")
+        return data

@@ -1,6 +1,22 @@
+import zoneinfo
+
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
+
+from portal.courses.policies import LatePolicy
+
+
+def default_time_zone() -> str:
+    return settings.TIME_ZONE
+
+
+def validate_time_zone(name: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(f"'{name}' is not a time zone; use a name such as Europe/London or America/New_York.")
 
 
 class Course(models.Model):
@@ -8,6 +24,15 @@ class Course(models.Model):
     title = models.CharField(max_length=200)
     description = models.TextField(blank=True)
     is_active = models.BooleanField(default=True)
+    time_zone = models.CharField(
+        max_length=64,
+        default=default_time_zone,
+        validators=[validate_time_zone],
+        help_text="Due times are set and shown in it, e.g. Europe/London",
+    )
+    grace_days = models.PositiveSmallIntegerField(
+        default=0, help_text="Each student's bank of late days for the term, spent by grace-day assignments"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -15,6 +40,10 @@ class Course(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.time_zone)
 
 
 class Enrollment(models.Model):
@@ -46,8 +75,23 @@ class Assignment(models.Model):
     title = models.CharField(max_length=200)
     opens_at = models.DateTimeField(default=timezone.now)
     due_at = models.DateTimeField()
+    cutoff_at = models.DateTimeField(
+        null=True, blank=True, help_text="Hard cutoff: nothing is accepted after it, late policy or not"
+    )
     is_visible = models.BooleanField(default=True, help_text="Hidden assignments are shown to staff only")
-    accepts_late = models.BooleanField(default=False, help_text="Accept submissions after the due time, marked late")
+    late_policy = models.CharField(max_length=10, choices=LatePolicy.CHOICES, default=LatePolicy.REFUSE)
+    late_penalty_per_day = models.PositiveSmallIntegerField(
+        default=10, help_text="Percent of the score lost per day late (penalty policy); 0 accepts late work unpenalised"
+    )
+    late_penalty_cap = models.PositiveSmallIntegerField(
+        default=100, help_text="At most this percent is lost, however late (penalty policy)"
+    )
+    max_submissions = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Graded submissions each student may make in all; empty: no limit"
+    )
+    submissions_per_hour = models.PositiveIntegerField(
+        null=True, blank=True, help_text="At most this many in any rolling hour; empty: no rate limit"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -56,3 +100,51 @@ class Assignment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.course.slug}/{self.slug}"
+
+
+class Extension(models.Model):
+    """A student's own due time (and cutoff) for an assignment, granted by staff with a reason."""
+
+    assignment = models.ForeignKey(Assignment, on_delete=models.CASCADE, related_name="extensions")
+    student = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="extensions")
+    due_at = models.DateTimeField()
+    cutoff_at = models.DateTimeField(null=True, blank=True)
+    reason = models.CharField(max_length=200)
+    granted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="extensions_granted"
+    )
+    granted_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["assignment", "student__username"]
+        constraints = [
+            models.UniqueConstraint(fields=["assignment", "student"], name="one_extension_per_student_assignment")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.student} on {self.assignment}: due {self.due_at:%Y-%m-%d %H:%M}"
+
+
+class AuditEntry(models.Model):
+    """A staff action on a course, kept for its instructors to read; never edited."""
+
+    class Action(models.TextChoices):
+        ROSTER_IMPORT = "roster_import", "Roster import"
+        ASSIGNMENT = "assignment", "Assignment set"
+        COURSE_SETTINGS = "course_settings", "Course settings"
+        EXTENSION_GRANT = "extension_grant", "Extension granted"
+        EXTENSION_REVOKE = "extension_revoke", "Extension revoked"
+
+    course = models.ForeignKey(Course, on_delete=models.CASCADE, related_name="audit")
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    actor_name = models.CharField(max_length=150, help_text="Kept when the account is deleted")
+    action = models.CharField(max_length=30, choices=Action.choices)
+    summary = models.CharField(max_length=500)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_name}: {self.summary}"

@@ -25,6 +25,7 @@ from django.core.validators import validate_email
 from django.db import transaction
 
 from portal.accounts.invitations import needs_invitation, send_invitation
+from portal.courses.audit import Action, audit
 from portal.courses.models import Course, Enrollment
 
 COLUMNS = ("username", "email", "first_name", "last_name", "role", "section")
@@ -226,3 +227,17 @@ def _apply(course: Course, username: str, row: dict[str, str]) -> None:
     if "section" in row:
         defaults["section"] = row["section"]
     Enrollment.objects.update_or_create(course=course, user=user, defaults=defaults)
+
+
+def audit_import(course: Course, done: Plan, *, actor: User | None, actor_name: str = "(system)") -> None:
+    """Put an applied import that changed something, or refused lines, into the course's audit log."""
+    if done.all_accepted and not (done.count("create") or done.count("update")):
+        return
+    audit(
+        course=course,
+        actor=actor,
+        actor_name=actor_name,
+        action=Action.ROSTER_IMPORT,
+        summary=f"Roster imported: {done.summary()}",
+        lines=[line.describe() for line in done.lines if line.action != "unchanged"][:1000],
+    )

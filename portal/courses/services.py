@@ -1,4 +1,4 @@
-"""Writes on courses, enrollments and assignments."""
+"""Writes on courses, enrollments, assignments and extensions."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ from datetime import datetime
 
 from django.contrib.auth.models import User
 from django.db import transaction
+from django.utils import timezone
 
 from portal.catalog.models import Lab
-from portal.courses.models import Assignment, Course, Enrollment
+from portal.courses.audit import Action, audit
+from portal.courses.models import Assignment, Course, Enrollment, Extension
+from portal.submissions.services import submissions_refresh_lateness
 
 
 def course_create(*, slug: str, title: str, description: str = "") -> Course:
@@ -30,15 +33,83 @@ def assignment_create(
     slug: str | None = None,
     title: str | None = None,
     is_visible: bool = True,
-    accepts_late: bool = False,
+    **policy,
 ) -> Assignment:
-    fields = {
-        "lab": lab,
-        "due_at": due_at,
-        "title": title or lab.title,
-        "is_visible": is_visible,
-        "accepts_late": accepts_late,
-    }
+    """``policy``: the assignment's other fields (cutoff_at, late_policy, max_submissions, ...)."""
+    fields = {"lab": lab, "due_at": due_at, "title": title or lab.title, "is_visible": is_visible, **policy}
     if opens_at is not None:
         fields["opens_at"] = opens_at
     return Assignment.objects.create(course=course, slug=slug or lab.slug.replace("_", "-"), **fields)
+
+
+def _when(course: Course, when: datetime | None) -> str:
+    return f"{timezone.localtime(when, course.tz):%Y-%m-%d %H:%M %Z}" if when else "none"
+
+
+@transaction.atomic
+def extension_grant(
+    *,
+    assignment: Assignment,
+    students: list[User],
+    due_at: datetime,
+    reason: str,
+    granted_by: User,
+    cutoff_at: datetime | None = None,
+) -> list[Extension]:
+    """Give each student their own due time (and cutoff) on the assignment, replacing an earlier
+    extension; their submissions' late days follow, and the grant goes into the audit log."""
+    granted = []
+    for student in students:
+        extension, _ = Extension.objects.update_or_create(
+            assignment=assignment,
+            student=student,
+            defaults={"due_at": due_at, "cutoff_at": cutoff_at, "reason": reason, "granted_by": granted_by},
+        )
+        granted.append(extension)
+    submissions_refresh_lateness(assignment=assignment, student_ids=[s.pk for s in students])
+    course = assignment.course
+    names = ", ".join(s.username for s in students)
+    audit(
+        course=course,
+        actor=granted_by,
+        action=Action.EXTENSION_GRANT,
+        summary=f"{assignment.title}: due {_when(course, due_at)} for {names} ({reason})"[:500],
+        assignment=assignment.slug,
+        students=[s.username for s in students],
+        due_at=due_at.isoformat(),
+        cutoff_at=cutoff_at.isoformat() if cutoff_at else None,
+        reason=reason,
+    )
+    return granted
+
+
+@transaction.atomic
+def extension_revoke(*, extension: Extension, revoked_by: User) -> None:
+    """Take an extension back: the student is on the assignment's own times again."""
+    assignment, student = extension.assignment, extension.student
+    extension.delete()
+    submissions_refresh_lateness(assignment=assignment, student_ids=[student.pk])
+    audit(
+        course=assignment.course,
+        actor=revoked_by,
+        action=Action.EXTENSION_REVOKE,
+        summary=f"{assignment.title}: extension of {student.username} revoked",
+        assignment=assignment.slug,
+        student=student.username,
+    )
+
+
+def assignment_saved(*, assignment: Assignment, actor: User, created: bool, changed: list[str]) -> None:
+    """After the staff form saved an assignment: late days follow a moved due time; audit it."""
+    if "due_at" in changed and not created:
+        submissions_refresh_lateness(assignment=assignment)
+    course = assignment.course
+    what = "assigned" if created else f"changed ({', '.join(changed) or 'nothing'})"
+    audit(
+        course=course,
+        actor=actor,
+        action=Action.ASSIGNMENT,
+        summary=f"{assignment.title} ({assignment.lab.slug}) {what}; due {_when(course, assignment.due_at)}",
+        assignment=assignment.slug,
+        fields=changed,
+    )

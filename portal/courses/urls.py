@@ -9,6 +9,9 @@ urlpatterns = [
     path("courses/<slug:course_slug>/", views.course_detail, name="course"),
     path("courses/<slug:course_slug>/staff/roster/", views.roster, name="roster"),
     path("courses/<slug:course_slug>/staff/assignments/", views.staff_assignments, name="staff_assignments"),
+    path("courses/<slug:course_slug>/staff/settings/", views.course_settings, name="course_settings"),
+    path("courses/<slug:course_slug>/staff/extensions/", views.extensions, name="extensions"),
+    path("courses/<slug:course_slug>/staff/audit/", views.audit_log, name="audit"),
     path(
         "courses/<slug:course_slug>/staff/assignments/<slug:assignment_slug>/",
         views.staff_assignment_edit,

@@ -11,10 +11,12 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 
 from portal.accounts.invitations import needs_invitation, send_invitation
-from portal.courses.forms import AssignmentForm, CourseForm
-from portal.courses.models import Course
+from portal.courses.audit import Action, audit
+from portal.courses.forms import AssignmentForm, CourseForm, CourseSettingsForm, ExtensionForm
+from portal.courses.models import Course, Extension
+from portal.courses.policies import grace_days_spent, window_for
 from portal.courses.roster import MAX_BYTES as ROSTER_MAX_BYTES
-from portal.courses.roster import RosterError, import_roster, import_rows, invite_new_accounts
+from portal.courses.roster import RosterError, audit_import, import_roster, import_rows, invite_new_accounts
 from portal.courses.selectors import (
     assignment_for_user,
     assignments_for_user,
@@ -23,11 +25,13 @@ from portal.courses.selectors import (
     courses_for_user,
     is_course_staff,
 )
+from portal.courses.services import assignment_saved, extension_grant, extension_revoke
 from portal.leaderboards.selectors import leaderboard_for_assignment
 from portal.submissions.forms import SubmitForm
 from portal.submissions.models import Job
 from portal.submissions.selectors import submissions_for_assignment
-from portal.submissions.services import SubmissionRefused, check_submission_allowed, submission_create
+from portal.submissions.services import SubmissionRefused, submission_create, submission_refusal
+from portal.submissions.standing import grace_days_by_assignment, standing_for
 
 
 @login_required
@@ -75,33 +79,47 @@ def course_detail(request, course_slug: str):
     role = course_role(course=course, user=request.user)
     if role is None:
         raise Http404("No such course, or you are not enrolled in it.")
+    assignments = list(assignments_for_user(course=course, user=request.user))
+    extended = {e.assignment_id: e for e in Extension.objects.filter(assignment__course=course, student=request.user)}
+    for assignment in assignments:
+        assignment.window = window_for(assignment, extended.get(assignment.pk))
+        assignment.closes = assignment.window.closes_at(assignment.late_policy)
+    grace = None
+    if role == "student" and course.grace_days:
+        spent = grace_days_spent(grace_days_by_assignment(course_id=course.pk, student=request.user))
+        grace = {"bank": course.grace_days, "spent": spent, "left": max(0, course.grace_days - spent)}
     return render(
         request,
         "courses/course.html",
         {
             "course": course,
             "role": role,
-            "assignments": assignments_for_user(course=course, user=request.user),
+            "assignments": assignments,
+            "grace": grace,
             "now": timezone.now(),
             "can_manage_course": can_manage_course(course=course, user=request.user),
+            "is_staff": is_course_staff(course=course, user=request.user),
         },
     )
 
 
-def _managed_course_or_404(request, course_slug: str) -> Course:
+def _course_or_404(request, course_slug: str, *, may=can_manage_course) -> Course:
+    """The course, if ``may`` lets the user in (its instructors and admins by default)."""
     course = get_object_or_404(Course, slug=course_slug, is_active=True)
-    if not can_manage_course(course=course, user=request.user):
-        raise Http404("Only the course's instructors can manage it.")
+    if not may(course=course, user=request.user):
+        raise Http404("No such course, or this page is not for you.")
     return course
 
 
 @login_required
 def staff_assignments(request, course_slug: str):
     """The course's assignments, and a form to offer a published lab with its window."""
-    course = _managed_course_or_404(request, course_slug)
+    course = _course_or_404(request, course_slug)
     form = AssignmentForm(request.POST or None, course=course)
     if request.method == "POST" and form.is_valid():
-        assignment = form.save()
+        with transaction.atomic():
+            assignment = form.save()
+            assignment_saved(assignment=assignment, actor=request.user, created=True, changed=[])
         due = timezone.localtime(assignment.due_at)
         messages.success(request, f"{assignment.title} is assigned, due {due:%Y-%m-%d %H:%M %Z}.")
         return redirect("courses:staff_assignments", course_slug=course.slug)
@@ -115,11 +133,16 @@ def staff_assignments(request, course_slug: str):
 @login_required
 def staff_assignment_edit(request, course_slug: str, assignment_slug: str):
     """Change an assignment's title, address, window or visibility."""
-    course = _managed_course_or_404(request, course_slug)
+    course = _course_or_404(request, course_slug)
     assignment = get_object_or_404(course.assignments, slug=assignment_slug)
     form = AssignmentForm(request.POST or None, instance=assignment, course=course)
     if request.method == "POST" and form.is_valid():
-        form.save()
+        fields = AssignmentForm.Meta.fields
+        with transaction.atomic():
+            before = course.assignments.filter(pk=assignment.pk).values(*fields).get()
+            form.save()
+            changed = [name for name in fields if form.instance.serializable_value(name) != before[name]]
+            assignment_saved(assignment=assignment, actor=request.user, created=False, changed=changed)
         messages.success(request, f"{assignment.title} saved.")
         return redirect("courses:staff_assignments", course_slug=course.slug)
     return render(
@@ -130,7 +153,7 @@ def staff_assignment_edit(request, course_slug: str, assignment_slug: str):
 @login_required
 def roster(request, course_slug: str):
     """The course's people, and a roster CSV import: upload, see what each line would do, apply."""
-    course = _managed_course_or_404(request, course_slug)
+    course = _course_or_404(request, course_slug)
     pending = f"roster-upload-{course.pk}"  # the previewed file, until it is applied
     preview = None
     if request.method == "POST" and request.POST.get("action") == "preview":
@@ -158,6 +181,7 @@ def roster(request, course_slug: str):
                 messages.error(request, str(exc))
             else:
                 sent = invite_new_accounts(done)
+                audit_import(course, done, actor=request.user)
                 level = messages.SUCCESS if done.all_accepted else messages.WARNING
                 invited = f" Invitations sent to {len(sent)} new accounts." if sent else ""
                 messages.add_message(request, level, f"Roster imported: {done.summary()}.{invited}")
@@ -188,21 +212,21 @@ def _assignment_or_404(request, course_slug: str, assignment_slug: str):
 @login_required
 def assignment_detail(request, course_slug: str, assignment_slug: str):
     assignment = _assignment_or_404(request, course_slug, assignment_slug)
-    refusal = None
-    try:
-        check_submission_allowed(user=request.user, assignment=assignment)
-    except SubmissionRefused as exc:
-        refusal = str(exc)
+    is_staff = is_course_staff(course=assignment.course, user=request.user)
     form = SubmitForm(assignment=assignment)
     if request.method == "POST":
         form = SubmitForm(request.POST, request.FILES, assignment=assignment)
-        if refusal is None and form.is_valid():
-            submission = submission_create(
-                student=request.user, assignment=assignment, files=form.decoded, source=form.source
-            )
-            return redirect("submissions:detail", submission_id=submission.pk)
-        if refusal:
-            messages.error(request, refusal)
+        if form.is_valid():
+            try:
+                submission = submission_create(
+                    student=request.user, assignment=assignment, files=form.decoded, source=form.source
+                )
+            except SubmissionRefused as exc:
+                messages.error(request, str(exc))
+            else:
+                return redirect("submissions:detail", submission_id=submission.pk)
+    standing = None if is_staff else standing_for(assignment=assignment, student=request.user)
+    refusal = submission_refusal(user=request.user, assignment=assignment) if standing is None else standing.refusal
     recent = submissions_for_assignment(assignment=assignment).filter(student=request.user)[:10]
     return render(
         request,
@@ -213,8 +237,9 @@ def assignment_detail(request, course_slug: str, assignment_slug: str):
             "lab": assignment.lab,
             "form": form,
             "refusal": refusal,
+            "standing": standing,
             "recent": recent,
-            "is_staff": is_course_staff(course=assignment.course, user=request.user),
+            "is_staff": is_staff,
         },
         status=400 if request.method == "POST" else 200,
     )
@@ -264,3 +289,77 @@ def staff_submissions(request, course_slug: str, assignment_slug: str):
         "courses/staff_submissions.html",
         {"assignment": assignment, "course": assignment.course, "submissions": submissions, "counts": counts},
     )
+
+
+@login_required
+def course_settings(request, course_slug: str):
+    """The course's title, description, time zone and grace-day bank (instructors and admins)."""
+    course = _course_or_404(request, course_slug)
+    form = CourseSettingsForm(request.POST or None, instance=course)
+    if request.method == "POST" and form.is_valid():
+        with transaction.atomic():
+            form.save()
+            changes = {name: str(form.cleaned_data[name])[:200] for name in form.changed_data}
+            if changes:
+                audit(
+                    course=course,
+                    actor=request.user,
+                    action=Action.COURSE_SETTINGS,
+                    summary="Settings changed: " + ", ".join(f"{k} = {v}" for k, v in changes.items()),
+                    **changes,
+                )
+        messages.success(request, "Course settings saved.")
+        return redirect("courses:course_settings", course_slug=course.slug)
+    return render(request, "courses/course_settings.html", {"course": course, "form": form})
+
+
+@login_required
+def extensions(request, course_slug: str):
+    """The course's extensions, a form to grant one (to students, or a whole section), and revoke."""
+    course = _course_or_404(request, course_slug, may=is_course_staff)
+    form = ExtensionForm(request.POST or None, course=course)
+    if request.method == "POST" and request.POST.get("action") == "revoke":
+        extension = Extension.objects.filter(assignment__course=course, pk=request.POST.get("extension")).first()
+        if extension is None:
+            messages.error(request, "That extension does not exist any more.")
+        else:
+            extension_revoke(extension=extension, revoked_by=request.user)
+            messages.success(
+                request, f"Extension of {extension.student.username} on {extension.assignment.title} revoked."
+            )
+        return redirect("courses:extensions", course_slug=course.slug)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        if not data["users"]:
+            messages.error(request, f"Section {data['section']} has no students: no extension granted.")
+        else:
+            granted = extension_grant(
+                assignment=data["assignment"],
+                students=data["users"],
+                due_at=data["due_at"],
+                cutoff_at=data["cutoff_at"],
+                reason=data["reason"],
+                granted_by=request.user,
+            )
+            due = timezone.localtime(data["due_at"])
+            who = ", ".join(e.student.username for e in granted[:10]) + (" and others" if len(granted) > 10 else "")
+            messages.success(
+                request, f"{data['assignment'].title}: due {due:%Y-%m-%d %H:%M %Z} for {len(granted)} ({who})."
+            )
+            return redirect("courses:extensions", course_slug=course.slug)
+    granted = (
+        Extension.objects.filter(assignment__course=course)
+        .select_related("assignment", "student", "granted_by")
+        .order_by("assignment__due_at", "student__username")
+    )
+    sections = dict(course.enrollments.values_list("user_id", "section"))
+    rows = [(e, sections.get(e.student_id, "")) for e in granted]
+    return render(request, "courses/extensions.html", {"course": course, "form": form, "rows": rows})
+
+
+@login_required
+def audit_log(request, course_slug: str):
+    """Every staff action on the course, newest first (instructors and admins)."""
+    course = _course_or_404(request, course_slug)
+    entries = course.audit.select_related("actor")[:500]
+    return render(request, "courses/audit.html", {"course": course, "entries": entries})

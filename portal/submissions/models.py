@@ -16,6 +16,9 @@ class Submission(models.Model):
     student = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="submissions")
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.UPLOAD)
     is_late = models.BooleanField(default=False)
+    late_days = models.PositiveSmallIntegerField(
+        default=0, help_text="Days late against the student's due time (kept current when it moves)"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -21,11 +21,13 @@ from redis.exceptions import RedisError
 
 from labs.protocol import JobMessage, JobResult, ProtocolError, Task, Verdict
 from portal.celery import app as celery_app
-from portal.courses.models import Assignment
+from portal.courses import policies
+from portal.courses.models import Assignment, Enrollment
 from portal.courses.selectors import course_role
 from portal.leaderboards.services import leaderboard_record_job
 from portal.submissions import streams
 from portal.submissions.models import Job, JobEvent, Submission, SubmissionFile
+from portal.submissions.standing import standing_for, windows_by_student
 
 log = logging.getLogger(__name__)
 State = Job.State
@@ -45,20 +47,15 @@ class JobStateError(Exception):
     pass
 
 
-def check_submission_allowed(*, user: User, assignment: Assignment) -> None:
+def submission_refusal(*, user: User, assignment: Assignment, now: datetime | None = None) -> str | None:
+    """Why ``user`` may not submit to ``assignment`` now (None: they may). Staff may always test an
+    assignment: windows, late policies and quotas are the students'."""
     role = course_role(course=assignment.course, user=user)
     if role is None:
-        raise SubmissionRefused("You are not enrolled in this course.")
+        return "You are not enrolled in this course."
     if role != "student":
-        return  # staff may always test an assignment
-    now = timezone.now()
-    if not assignment.is_visible or assignment.opens_at > now:
-        raise SubmissionRefused("This assignment is not open for submissions yet.")
-    if assignment.due_at < now and not assignment.accepts_late:
-        raise SubmissionRefused(
-            f"The deadline passed on {timezone.localtime(assignment.due_at):%Y-%m-%d %H:%M %Z}; "
-            "this assignment does not accept late submissions."
-        )
+        return None
+    return standing_for(assignment=assignment, student=user, now=now).refusal
 
 
 def check_submission_files(*, assignment: Assignment, files: dict[str, bytes]) -> dict[str, str]:
@@ -97,12 +94,22 @@ def check_submission_files(*, assignment: Assignment, files: dict[str, bytes]) -
 def submission_create(
     *, student: User, assignment: Assignment, files: dict[str, str], source: str = Submission.Source.UPLOAD
 ) -> Submission:
-    """Store the submission and its first job, then dispatch the job after commit.
+    """Store the submission and its first job, then dispatch the job after commit; raises
+    SubmissionRefused (storing nothing) when the window, late policy or quota refuses it.
 
-    If the broker is down the job simply stays queued; the sweeper dispatches it later.
+    The student's enrollment row is locked first, so two submissions at once cannot both take the
+    last one of a quota. If the broker is down the job simply stays queued; the sweeper dispatches
+    it later.
     """
+    Enrollment.objects.select_for_update().filter(course_id=assignment.course_id, user=student).first()
+    now = timezone.now()
+    refusal = submission_refusal(user=student, assignment=assignment, now=now)
+    if refusal is not None:
+        raise SubmissionRefused(refusal)
+    window = policies.window_for(assignment, assignment.extensions.filter(student=student).first())
+    late_days = policies.days_late(now, window.due_at)
     submission = Submission.objects.create(
-        assignment=assignment, student=student, source=source, is_late=assignment.due_at < timezone.now()
+        assignment=assignment, student=student, source=source, is_late=late_days > 0, late_days=late_days
     )
     SubmissionFile.objects.bulk_create(
         SubmissionFile(submission=submission, name=name, content=text, size=len(text.encode()))
@@ -328,3 +335,21 @@ def _publish_portal_status(job: Job) -> None:
             log.warning("job %s: state push failed (%s)", job.pk, exc)
 
     transaction.on_commit(send)
+
+
+def submissions_refresh_lateness(*, assignment: Assignment, student_ids: list[int] | None = None) -> int:
+    """Recompute the late days of an assignment's submissions after a due time moved (an extension
+    granted or revoked, the assignment's due time edited). Returns how many changed."""
+    windows = windows_by_student(assignment=assignment)
+    default = policies.window_for(assignment)
+    submissions = Submission.objects.filter(assignment=assignment)
+    if student_ids is not None:
+        submissions = submissions.filter(student_id__in=student_ids)
+    changed = []
+    for submission in submissions.only("pk", "student_id", "created_at", "late_days", "is_late"):
+        days = policies.days_late(submission.created_at, windows.get(submission.student_id, default).due_at)
+        if days != submission.late_days:
+            submission.late_days, submission.is_late = days, days > 0
+            changed.append(submission)
+    Submission.objects.bulk_update(changed, ["late_days", "is_late"])
+    return len(changed)

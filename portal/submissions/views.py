@@ -1,7 +1,9 @@
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, JsonResponse
 from django.shortcuts import render
+from django.utils import timezone
 
+from portal.courses.policies import late_penalty_percent
 from portal.courses.selectors import is_course_staff
 from portal.submissions.selectors import (
     job_for_viewer,
@@ -20,6 +22,7 @@ def submission_detail(request, submission_id: int):
         raise Http404("No such submission, or it is not yours.")
     job = job_latest(submission=submission)
     archived = list(job.events.order_by("seq").values("seq", "type", "ts", "data")) if job.events_archived else []
+    timezone.activate(submission.assignment.course.tz)  # the middleware deactivates it after the response
     return render(
         request,
         "submissions/detail.html",
@@ -33,6 +36,7 @@ def submission_detail(request, submission_id: int):
             "snapshot": job_snapshot(job=job),
             "archived_events": archived,
             "is_staff": is_course_staff(course=submission.assignment.course, user=request.user),
+            "late_penalty": late_penalty_percent(submission.assignment, submission.late_days),
         },
     )
 

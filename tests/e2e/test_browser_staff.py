@@ -1,5 +1,6 @@
-"""An instructor in headless Chromium: assign a lab and import a roster from the staff pages,
-previewing the file before anything changes."""
+"""An instructor in headless Chromium: assign a lab, import a roster (previewing the file before
+anything changes), give the course grace days and grant an extension from the staff pages; then a
+student sees their own due time, grace days and quota, with their local time beside the course's."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ ROSTER = (
 )
 
 
-def test_an_instructor_assigns_a_lab_and_imports_a_roster(
+def test_an_instructor_runs_the_course_and_a_student_sees_their_standing(
     live_server, cast, custom_op, browser, tmp_path, mailoutbox, monkeypatch
 ):
     # Playwright's sync API runs an event loop in this thread; the ORM checks below are plain reads.
@@ -59,4 +60,34 @@ def test_an_instructor_assigns_a_lab_and_imports_a_roster(
     assert page.locator("#roster-people", has_text="Lovelace").count() == 1
     assert Enrollment.objects.get(course=course, user__username="ada").section == "A"
     assert [m.to for m in mailoutbox] == [["ada@uni.edu"]]
+
+    page.goto(f"{base}/courses/{course.slug}/")
+    page.click("text=Settings")
+    page.fill("input[name=grace_days]", "2")
+    page.click("#course-settings button[type=submit]")
+    page.wait_for_selector("text=Course settings saved.")
+    Assignment.objects.filter(pk=custom_op.pk).update(max_submissions=3)
+    page.goto(f"{base}/courses/{course.slug}/")
+    page.click("text=Extensions")
+    page.select_option("select[name=assignment]", value=custom_op.slug)
+    page.fill("input[name=students]", "alice")
+    page.fill("input[name=due_at]", f"{custom_op.due_at.year + 1}-01-10T12:00")
+    page.fill("input[name=reason]", "medical note")
+    page.click("#grant button[type=submit]")
+    page.wait_for_selector("text=for 1 (alice)")
+    assert page.locator("#extensions td", has_text="medical note").count() == 1
+    page.screenshot(path=str(tmp_path / "extensions.png"), full_page=True)
+
+    student = browser.new_context(timezone_id="Asia/Tokyo").new_page()  # the course's zone is UTC
+    student.goto(f"{base}/accounts/login/")
+    student.fill("input[name=username]", "alice")
+    student.fill("input[name=password]", PASSWORD)
+    student.click("button[type=submit]")
+    student.wait_for_url(f"{base}/")
+    student.goto(f"{base}/courses/{course.slug}/{custom_op.slug}/")
+    due = student.locator("#my-due").text_content()
+    assert f"{custom_op.due_at.year + 1}-01-10 12:00 UTC (your time: " in due and "21:00" in due
+    assert "extended" in due and "(medical note)" in due
+    assert student.locator("#grace-days").text_content() == "2 of 2 left"
+    assert student.locator("#quota").text_content() == "3 of 3 left"
     connections.close_all()  # the ORM made its own connection in Playwright's context: not left open

@@ -129,6 +129,12 @@ def test_the_command_prints_each_line_and_the_summary_and_exits_1_on_a_refused_l
 
     with pytest.raises(CommandError, match="no course with slug 'nope'"):
         call_command("roster", "import", "nope", str(good))
+    # the audit log has the two imports that changed or refused something (not the dry run)
+    log = list(course.audit.order_by("pk").values_list("actor_name", "summary"))
+    assert log == [
+        ("(manage.py roster import)", "Roster imported: created 3, updated 0, unchanged 0, refused 0"),
+        ("(manage.py roster import)", "Roster imported: created 0, updated 0, unchanged 3, refused 1"),
+    ]
 
 
 # -- the staff page -------------------------------------------------------------------------------
@@ -157,6 +163,9 @@ def test_an_instructor_previews_then_applies_a_roster_on_the_staff_page(client, 
     # Applying twice needs a second preview: the file is not kept once applied.
     again = client.post(_roster_url(course), {"action": "apply"}, follow=True).content.decode()
     assert "Nothing to apply: upload the file and preview it first." in again
+    entry = course.audit.get()
+    assert (entry.actor_name, entry.action) == ("ines", "roster_import")
+    assert "line 5: eve: refused: unknown role 'hacker': use one of instructor, student, ta" in entry.data["lines"]
 
 
 def test_a_bad_file_on_the_page_says_what_to_fix(client, cast):

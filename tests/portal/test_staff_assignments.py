@@ -78,12 +78,14 @@ def test_an_instructor_moves_a_due_time_and_the_lab_stays(client, cast, labs, cu
         "opens_at": _when(hours=-1),
         "due_at": _when(days=14),
         "is_visible": "on",
-        "accepts_late": "on",
+        "late_policy": "penalty",
+        "late_penalty_per_day": "0",
+        "late_penalty_cap": "100",
     }
     done = client.post(url, data)
     assert done.status_code == 302
     custom_op.refresh_from_db()
-    assert (custom_op.title, custom_op.lab.slug, custom_op.accepts_late) == ("Linear op", "custom_op", True)
+    assert (custom_op.title, custom_op.lab.slug, custom_op.late_policy) == ("Linear op", "custom_op", "penalty")
     assert (custom_op.due_at - timezone.now()) > timedelta(days=13)
 
 

@@ -1,5 +1,9 @@
-"""``manage.py demo``: a demo course offering every lab, an instructor and three students, and a
-site admin (a superuser, for Django admin and every course)."""
+"""``manage.py demo``: a demo course offering every lab, an instructor, a TA and three students in
+two sections, and a site admin (a superuser, for Django admin and every course).
+
+It also shows the course side at work: the course gives 3 grace days; `autodiff-late` was due two
+days ago and takes grace days until its cutoff; carol handed it in late (spending 2 grace days) and
+bob has an extension on it; `custom_op` has a quota (20 graded submissions, 6 an hour)."""
 
 import secrets
 from datetime import timedelta
@@ -10,18 +14,23 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
 
+from labs.catalog import LABS_ROOT
 from portal.catalog.models import Lab
 from portal.catalog.services import lab_sync_all
 from portal.courses.models import Course, Enrollment
-from portal.courses.services import assignment_create, course_create, enrollment_create
+from portal.courses.policies import LatePolicy
+from portal.courses.services import assignment_create, course_create, enrollment_create, extension_grant
+from portal.submissions.services import submission_create
 
 DEMO_COURSE = "aisys-demo"
 CAST = [
-    ("instructor", Enrollment.Role.INSTRUCTOR),
-    ("alice", Enrollment.Role.STUDENT),
-    ("bob", Enrollment.Role.STUDENT),
-    ("carol", Enrollment.Role.STUDENT),
+    ("instructor", Enrollment.Role.INSTRUCTOR, ""),
+    ("ta", Enrollment.Role.TA, "A"),
+    ("alice", Enrollment.Role.STUDENT, "A"),
+    ("bob", Enrollment.Role.STUDENT, "A"),
+    ("carol", Enrollment.Role.STUDENT, "B"),
 ]
+LATE_DEMO = "autodiff-late"
 ADMIN = "admin"  # the site's superuser: not enrolled, sees every course and Django admin
 
 
@@ -44,7 +53,8 @@ class Command(BaseCommand):
             description="A demo course offering every lab of the catalog. Log in as a student and submit.",
         )
         known = _read_logins()
-        for username, role in CAST:
+        people = {}
+        for username, role, section in CAST:
             user = User.objects.filter(username=username).first()
             if user is None or reset_passwords or username not in known:
                 password = f"{username}-{secrets.token_urlsafe(6)}"
@@ -53,6 +63,8 @@ class Command(BaseCommand):
                 user.save()
                 known[username] = password
             enrollment_create(course=course, user=user, role=role)
+            course.enrollments.filter(user=user).update(section=section)
+            people[username] = user
         admin = User.objects.filter(username=ADMIN).first()
         if admin is None or reset_passwords or ADMIN not in known:
             known[ADMIN] = f"{ADMIN}-{secrets.token_urlsafe(6)}"
@@ -64,10 +76,13 @@ class Command(BaseCommand):
         offered = set(course.assignments.values_list("lab__slug", flat=True))
         for lab in Lab.objects.filter(is_available=True).exclude(slug__in=offered):
             assignment_create(course=course, lab=lab, opens_at=now - timedelta(days=1), due_at=now + timedelta(days=30))
+        course.assignments.filter(lab__slug="custom_op").update(max_submissions=20, submissions_per_hour=6)
+        if not course.assignments.filter(slug=LATE_DEMO).exists():
+            _late_work_demo(course, people, now)
         logins_file().write_text("".join(f"{u} {p}\n" for u, p in known.items()))
         logins_file().chmod(0o600)
         self.stdout.write(f"Demo course '{course.title}' with {course.assignments.count()} lab(s). Logins:")
-        for username, role in [*CAST, (ADMIN, "admin")]:
+        for username, role, _ in [*CAST, (ADMIN, "admin", "")]:
             self.stdout.write(f"  {role:<10} {username:<10} password: {known[username]}")
 
 
@@ -76,3 +91,31 @@ def _read_logins() -> dict[str, str]:
         return {}
     pairs = (line.split(" ", 1) for line in logins_file().read_text().splitlines() if " " in line)
     return {u: p for u, p in pairs}
+
+
+def _late_work_demo(course: Course, people: dict[str, User], now) -> None:
+    """An assignment past its due time under the grace-day policy: carol submitted late, bob has an
+    extension; alice can still hand in late until the cutoff (and sees what it would cost)."""
+    if course.grace_days == 0:
+        course.grace_days = 3
+        course.save(update_fields=["grace_days"])
+    lab = Lab.objects.get(slug="autodiff")
+    late = assignment_create(
+        course=course,
+        lab=lab,
+        slug=LATE_DEMO,
+        title="Autodiff (late-work demo)",
+        opens_at=now - timedelta(days=10),
+        due_at=now - timedelta(days=1, hours=12),
+        cutoff_at=now + timedelta(days=5),
+        late_policy=LatePolicy.GRACE,
+    )
+    solution = LABS_ROOT / lab.slug / "solutions" / "correct" / lab.entry
+    submission_create(student=people["carol"], assignment=late, files={lab.entry: solution.read_text()}, source="paste")
+    extension_grant(
+        assignment=late,
+        students=[people["bob"]],
+        due_at=now + timedelta(days=3),
+        reason="demo: a medical note",
+        granted_by=people["instructor"],
+    )

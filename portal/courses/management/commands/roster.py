@@ -10,7 +10,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from portal.courses.models import Course
-from portal.courses.roster import MAX_BYTES, RosterError, import_roster, invite_new_accounts
+from portal.courses.roster import MAX_BYTES, RosterError, audit_import, import_roster, invite_new_accounts
 
 
 class Command(BaseCommand):
@@ -39,6 +39,7 @@ class Command(BaseCommand):
         for line in roster.lines:
             self.stdout.write(line.describe())
         if not dry_run:
+            audit_import(found, roster, actor=None, actor_name="(manage.py roster import)")
             sent = invite_new_accounts(roster)
             if sent:
                 self.stdout.write(f"invitations sent to {len(sent)} new accounts")

@@ -1,0 +1,178 @@
+"""A course's policies as plain functions of an assignment, a student's record and a time.
+
+No database here: callers read what a policy needs (the student's extension, the times of their
+counted submissions, the late days they spent elsewhere) and pass it in, so each rule is tested on
+its own and the views, the submit service and the gradebook apply the same one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+DAY = timedelta(days=1)
+HOUR = timedelta(hours=1)
+
+
+class LatePolicy:
+    """What submitting after the (effective) due time costs. Values are stored on assignments."""
+
+    REFUSE = "refuse"  # nothing is accepted after the due time
+    PENALTY = "penalty"  # accepted until the cutoff; the score loses a percentage per day late, capped
+    GRACE = "grace"  # accepted until the cutoff, spending the course's grace days (a per-student bank)
+
+    CHOICES = [
+        (REFUSE, "No late work: nothing is accepted after the due time"),
+        (PENALTY, "Penalty per day late (percent, capped)"),
+        (GRACE, "Grace days: spent from the student's bank for the term"),
+    ]
+
+
+@dataclass(frozen=True)
+class Window:
+    """When a student may submit: the assignment's times, or their extension's."""
+
+    opens_at: datetime
+    due_at: datetime
+    cutoff_at: datetime | None  # nothing is accepted after it; None: no hard cutoff
+    extended: bool = False
+
+    def closes_at(self, late_policy: str) -> datetime | None:
+        """The last moment a submission is accepted (None: never closes)."""
+        if late_policy == LatePolicy.REFUSE:
+            return self.due_at
+        return self.cutoff_at
+
+
+def window_for(assignment, extension=None) -> Window:
+    """The student's window: an extension moves the due time, and the cutoff with it.
+
+    An extension's own cutoff wins; without one, the assignment's cutoff stays unless it falls
+    before the new due time, in which case the new due time is the cutoff too.
+    """
+    if extension is None:
+        return Window(assignment.opens_at, assignment.due_at, assignment.cutoff_at)
+    cutoff = extension.cutoff_at or assignment.cutoff_at
+    if cutoff is not None and cutoff < extension.due_at:
+        cutoff = extension.due_at
+    return Window(assignment.opens_at, extension.due_at, cutoff, extended=True)
+
+
+def days_late(submitted_at: datetime, due_at: datetime) -> int:
+    """Whole days late, each started day counting: 1 second late is 1 day, 24 h 1 s is 2."""
+    if submitted_at <= due_at:
+        return 0
+    return math.ceil((submitted_at - due_at) / DAY)
+
+
+def late_penalty_percent(assignment, late_days: int) -> float:
+    """The percentage a submission ``late_days`` late loses under the assignment's policy."""
+    if late_days <= 0 or assignment.late_policy != LatePolicy.PENALTY:
+        return 0.0
+    return float(min(assignment.late_penalty_cap, assignment.late_penalty_per_day * late_days))
+
+
+def late_score(score: float | None, penalty_percent: float) -> float | None:
+    """A score after its late penalty."""
+    if score is None:
+        return None
+    return score * (100.0 - penalty_percent) / 100.0
+
+
+def grace_days_spent(late_days_by_assignment: dict[int, int]) -> int:
+    """A student's grace days spent: for each grace-policy assignment, its latest counted lateness."""
+    return sum(max(0, days) for days in late_days_by_assignment.values())
+
+
+@dataclass(frozen=True)
+class Quota:
+    """What a student may still submit to an assignment, and when."""
+
+    limit: int | None  # graded submissions allowed in all; None: no limit
+    used: int
+    per_hour: int | None  # at most this many in any rolling hour; None: no rate limit
+    used_last_hour: int
+    next_at: datetime | None  # when the rate limit lets the next one in; None: now (or never)
+
+    @property
+    def left(self) -> int | None:
+        return None if self.limit is None else max(0, self.limit - self.used)
+
+    def refusal(self, now: datetime) -> str | None:
+        if self.limit is not None and self.used >= self.limit:
+            return (
+                f"You have used all {self.limit} submissions this assignment allows; "
+                "ask the course staff if one of them went wrong."
+            )
+        if self.next_at is not None and self.next_at > now:
+            wait = math.ceil((self.next_at - now).total_seconds() / 60)
+            return (
+                f"At most {self.per_hour} submissions an hour: the next one is allowed in {wait} "
+                f"minute{'s' if wait != 1 else ''}."
+            )
+        return None
+
+
+def quota_for(assignment, counted_times: list[datetime], now: datetime) -> Quota:
+    """The quota given the times of the student's counted submissions (those graded or being graded;
+    a submission whose grading ended in an infrastructure error, or was cancelled, is given back)."""
+    limit = assignment.max_submissions or None
+    per_hour = assignment.submissions_per_hour or None
+    recent = sorted(t for t in counted_times if t > now - HOUR)
+    next_at = None
+    if per_hour is not None and len(recent) >= per_hour:
+        # the hour must first pass over enough of them to leave room for one more
+        next_at = recent[len(recent) - per_hour] + HOUR
+    return Quota(limit, len(counted_times), per_hour, len(recent), next_at)
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """Whether a student's submission at ``now`` is accepted, and what lateness it carries."""
+
+    refusal: str | None
+    late_days: int = 0
+    grace_days_needed: int = 0  # new grace days this submission spends (grace policy)
+
+    @property
+    def accepted(self) -> bool:
+        return self.refusal is None
+
+
+def acceptance(
+    assignment,
+    window: Window,
+    now: datetime,
+    *,
+    fmt,
+    grace_days_left: int = 0,
+    grace_days_spent_here: int = 0,
+) -> Acceptance:
+    """Apply the window and the late policy to a student's submission at ``now``.
+
+    ``fmt`` formats a time for the message (in the course's time zone); ``grace_days_left`` is the
+    student's bank minus every grace day spent so far, ``grace_days_spent_here`` what their earlier
+    submissions to this assignment spent (a later one on the same late day spends nothing more).
+    """
+    if not assignment.is_visible or window.opens_at > now:
+        return Acceptance("This assignment is not open for submissions yet.")
+    late = days_late(now, window.due_at)
+    closes = window.closes_at(assignment.late_policy)
+    if closes is not None and now > closes:
+        if assignment.late_policy == LatePolicy.REFUSE:
+            return Acceptance(
+                f"The deadline passed on {fmt(window.due_at)}; this assignment does not accept late submissions."
+            )
+        return Acceptance(f"Submissions closed on {fmt(closes)} (the hard cutoff); nothing more is accepted.")
+    needed = 0
+    if late and assignment.late_policy == LatePolicy.GRACE:
+        needed = max(0, late - grace_days_spent_here)
+        if needed > grace_days_left:
+            return Acceptance(
+                f"This submission would be {late} day{'s' if late != 1 else ''} late and needs {needed} more "
+                f"grace day{'s' if needed != 1 else ''}; you have {grace_days_left} left. Nothing was submitted.",
+                late,
+                needed,
+            )
+    return Acceptance(None, late, needed)

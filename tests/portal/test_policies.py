@@ -1,0 +1,139 @@
+"""The course policies as plain functions: windows, lateness, penalties, grace days and quotas."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import pytest
+
+from portal.courses import policies
+from portal.courses.policies import LatePolicy
+
+T0 = datetime(2027, 3, 1, 17, 0, tzinfo=UTC)  # the due time
+H = timedelta(hours=1)
+D = timedelta(days=1)
+
+
+def assignment(**fields):
+    defaults = {
+        "opens_at": T0 - 7 * D,
+        "due_at": T0,
+        "cutoff_at": None,
+        "is_visible": True,
+        "late_policy": LatePolicy.REFUSE,
+        "late_penalty_per_day": 10,
+        "late_penalty_cap": 100,
+        "max_submissions": None,
+        "submissions_per_hour": None,
+    }
+    return SimpleNamespace(**{**defaults, **fields})
+
+
+def extension(due_at, cutoff_at=None):
+    return SimpleNamespace(due_at=due_at, cutoff_at=cutoff_at)
+
+
+def fmt(when):
+    return when.strftime("%Y-%m-%d %H:%M %Z")
+
+
+@pytest.mark.parametrize(
+    ("after_due", "days"),
+    [(-H, 0), (timedelta(0), 0), (timedelta(seconds=1), 1), (D, 1), (D + timedelta(seconds=1), 2), (3 * D, 3)],
+)
+def test_each_started_day_counts_as_a_day_late(after_due, days):
+    assert policies.days_late(T0 + after_due, T0) == days
+
+
+def test_an_extension_moves_the_due_time_and_keeps_the_cutoff_after_it():
+    a = assignment(cutoff_at=T0 + 2 * D)
+    assert policies.window_for(a) == policies.Window(a.opens_at, T0, T0 + 2 * D, extended=False)
+    assert policies.window_for(a, extension(T0 + D)).cutoff_at == T0 + 2 * D  # the assignment's cutoff stays
+    assert policies.window_for(a, extension(T0 + 5 * D)).cutoff_at == T0 + 5 * D  # never before the new due
+    own = policies.window_for(a, extension(T0 + D, cutoff_at=T0 + 9 * D))
+    assert (own.due_at, own.cutoff_at, own.extended) == (T0 + D, T0 + 9 * D, True)
+    assert policies.window_for(assignment(), extension(T0 + D)).cutoff_at is None
+
+
+@pytest.mark.parametrize(
+    ("per_day", "cap", "days", "percent"),
+    [(10, 100, 0, 0.0), (10, 100, 1, 10.0), (10, 100, 3, 30.0), (25, 60, 3, 60.0), (0, 100, 5, 0.0)],
+)
+def test_a_penalty_is_a_percentage_per_day_late_capped(per_day, cap, days, percent):
+    a = assignment(late_policy=LatePolicy.PENALTY, late_penalty_per_day=per_day, late_penalty_cap=cap)
+    assert policies.late_penalty_percent(a, days) == percent
+    assert policies.late_score(80.0, percent) == pytest.approx(80.0 * (100 - percent) / 100)
+
+
+def test_only_the_penalty_policy_takes_points_off():
+    for policy in (LatePolicy.REFUSE, LatePolicy.GRACE):
+        assert policies.late_penalty_percent(assignment(late_policy=policy), 3) == 0.0
+    assert policies.late_score(None, 50.0) is None
+
+
+def test_no_late_work_refuses_after_the_due_time_even_with_a_cutoff():
+    a = assignment(cutoff_at=T0 + 3 * D)
+    window = policies.window_for(a)
+    assert policies.acceptance(a, window, T0 - H, fmt=fmt).accepted
+    late = policies.acceptance(a, window, T0 + H, fmt=fmt)
+    assert (
+        late.refusal == "The deadline passed on 2027-03-01 17:00 UTC; this assignment does not accept late submissions."
+    )
+    # with an extension, the student's own due time is the one that counts
+    assert policies.acceptance(a, policies.window_for(a, extension(T0 + D)), T0 + H, fmt=fmt).accepted
+
+
+def test_late_work_is_accepted_until_the_cutoff_and_not_after():
+    a = assignment(late_policy=LatePolicy.PENALTY, cutoff_at=T0 + 2 * D)
+    window = policies.window_for(a)
+    ok = policies.acceptance(a, window, T0 + D + H, fmt=fmt)
+    assert (ok.accepted, ok.late_days) == (True, 2)
+    closed = policies.acceptance(a, window, T0 + 2 * D + H, fmt=fmt)
+    assert closed.refusal == "Submissions closed on 2027-03-03 17:00 UTC (the hard cutoff); nothing more is accepted."
+    open_ended = assignment(late_policy=LatePolicy.PENALTY)
+    assert policies.acceptance(open_ended, policies.window_for(open_ended), T0 + 90 * D, fmt=fmt).accepted
+
+
+def test_nothing_before_the_assignment_opens_or_while_it_is_hidden():
+    for a, now in [(assignment(), T0 - 8 * D), (assignment(is_visible=False), T0 - D)]:
+        got = policies.acceptance(a, policies.window_for(a), now, fmt=fmt)
+        assert got.refusal == "This assignment is not open for submissions yet."
+
+
+def test_grace_days_are_spent_per_started_day_and_refused_beyond_the_bank():
+    a = assignment(late_policy=LatePolicy.GRACE)
+    window = policies.window_for(a)
+    two_days_late = T0 + D + H
+    spend = policies.acceptance(a, window, two_days_late, fmt=fmt, grace_days_left=3)
+    assert (spend.accepted, spend.late_days, spend.grace_days_needed) == (True, 2, 2)
+    short = policies.acceptance(a, window, two_days_late, fmt=fmt, grace_days_left=1)
+    assert short.refusal == (
+        "This submission would be 2 days late and needs 2 more grace days; you have 1 left. Nothing was submitted."
+    )
+    # a second submission on a day already paid for spends nothing more, even with an empty bank
+    again = policies.acceptance(a, window, two_days_late, fmt=fmt, grace_days_left=0, grace_days_spent_here=2)
+    assert (again.accepted, again.grace_days_needed) == (True, 0)
+    assert policies.grace_days_spent({1: 2, 2: 0, 3: 1}) == 3
+
+
+def test_a_quota_counts_all_submissions_and_a_rolling_hour():
+    now = T0
+    a = assignment(max_submissions=5, submissions_per_hour=2)
+    fresh = policies.quota_for(a, [], now)
+    assert (fresh.left, fresh.used_last_hour, fresh.next_at, fresh.refusal(now)) == (5, 0, None, None)
+    one = policies.quota_for(a, [now - 10 * 60 * timedelta(seconds=1)], now)
+    assert (one.left, one.refusal(now)) == (4, None)
+    times = [now - 50 * timedelta(minutes=1), now - 10 * timedelta(minutes=1), now - 2 * H]
+    full = policies.quota_for(a, times, now)
+    assert (full.left, full.used_last_hour, full.next_at) == (2, 2, now + 10 * timedelta(minutes=1))
+    assert full.refusal(now) == "At most 2 submissions an hour: the next one is allowed in 10 minutes."
+    assert full.refusal(now + 10 * timedelta(minutes=1)) is None
+    spent = policies.quota_for(a, [now - k * 3 * H for k in range(1, 6)], now)
+    assert spent.left == 0
+    assert spent.refusal(now).startswith("You have used all 5 submissions this assignment allows")
+
+
+def test_no_quota_means_no_limit():
+    q = policies.quota_for(assignment(), [T0 - timedelta(seconds=k) for k in range(50)], T0)
+    assert (q.left, q.next_at, q.refusal(T0)) == (None, None, None)
