@@ -157,6 +157,8 @@ JOB_DISPATCH_TIMEOUT_SECONDS = int(os.environ.get("JOB_DISPATCH_TIMEOUT_SECONDS"
 # Operator cap on any lab's wall-time limit (0: none), e.g. to keep a busy deadline moving.
 JOB_MAX_WALL_SECONDS = float(os.environ.get("JOB_MAX_WALL_SECONDS", "0"))
 JOB_DISPATCH_INTERVAL_SECONDS = float(os.environ.get("JOB_DISPATCH_INTERVAL_SECONDS", "5"))
+# Rejudge jobs of one pool in the broker's queue or running at once (they wait for students' jobs).
+REJUDGE_MAX_IN_FLIGHT = int(os.environ.get("REJUDGE_MAX_IN_FLIGHT", "2"))
 
 LOGGING = {
     "version": 1,

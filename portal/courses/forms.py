@@ -10,7 +10,7 @@ from portal.catalog.models import Lab
 from portal.courses.models import Assignment, Course
 from portal.courses.policies import LatePolicy
 
-POLICY_DEFAULTED = ("late_policy", "late_penalty_per_day", "late_penalty_cap")
+POLICY_DEFAULTED = ("late_policy", "late_penalty_per_day", "late_penalty_cap", "counts")
 WHEN = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
 
 
@@ -32,6 +32,7 @@ class AssignmentForm(forms.ModelForm):
             "late_penalty_cap",
             "max_submissions",
             "submissions_per_hour",
+            "counts",
         ]
         widgets = {"opens_at": WHEN, "due_at": WHEN, "cutoff_at": WHEN}
         help_texts = {
@@ -158,3 +159,24 @@ class ExtensionForm(forms.Form):
         if due and cutoff and cutoff < due:
             self.add_error("cutoff_at", "The cutoff cannot come before the new due time.")
         return data
+
+
+class OverrideForm(forms.Form):
+    """An instructor's final score for a student on an assignment; an empty score removes it."""
+
+    student = forms.CharField(max_length=150, label="Student (username)")
+    assignment = forms.ModelChoiceField(queryset=Assignment.objects.none(), to_field_name="slug")
+    score = forms.FloatField(required=False, min_value=0, max_value=100, help_text="Empty: remove the override")
+    reason = forms.CharField(max_length=200, help_text="Kept in the audit log, e.g. 'regrade request #12'")
+
+    def __init__(self, *args, course: Course, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.course = course
+        self.fields["assignment"].queryset = course.assignments.order_by("due_at")
+
+    def clean_student(self):
+        name = self.cleaned_data["student"].strip()
+        enrollment = self.course.enrollments.filter(role="student", user__username=name).select_related("user").first()
+        if enrollment is None:
+            raise forms.ValidationError(f"{name} is not a student of this course.")
+        return enrollment.user

@@ -5,7 +5,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
-from portal.courses.policies import LatePolicy
+from portal.courses.policies import Counts, LatePolicy
 
 
 def default_time_zone() -> str:
@@ -92,6 +92,7 @@ class Assignment(models.Model):
     submissions_per_hour = models.PositiveIntegerField(
         null=True, blank=True, help_text="At most this many in any rolling hour; empty: no rate limit"
     )
+    counts = models.CharField("submission that counts", max_length=10, choices=Counts.CHOICES, default=Counts.BEST)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -125,6 +126,24 @@ class Extension(models.Model):
         return f"{self.student} on {self.assignment}: due {self.due_at:%Y-%m-%d %H:%M}"
 
 
+class GradeOverride(models.Model):
+    """An instructor's final score for a student on an assignment, with the reason; it wins over
+    the computed grade until it is removed."""
+
+    assignment = models.ForeignKey(Assignment, on_delete=models.CASCADE, related_name="overrides")
+    student = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="grade_overrides")
+    score = models.FloatField()
+    reason = models.CharField(max_length=200)
+    set_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    set_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["assignment", "student"], name="one_override_per_student")]
+
+    def __str__(self) -> str:
+        return f"{self.student} on {self.assignment}: {self.score} ({self.reason})"
+
+
 class AuditEntry(models.Model):
     """A staff action on a course, kept for its instructors to read; never edited."""
 
@@ -134,6 +153,9 @@ class AuditEntry(models.Model):
         COURSE_SETTINGS = "course_settings", "Course settings"
         EXTENSION_GRANT = "extension_grant", "Extension granted"
         EXTENSION_REVOKE = "extension_revoke", "Extension revoked"
+        GRADE_OVERRIDE = "grade_override", "Grade overridden"
+        DISQUALIFY = "disqualify", "Result disqualified or reinstated"
+        REJUDGE = "rejudge", "Rejudge"
 
     course = models.ForeignKey(Course, on_delete=models.CASCADE, related_name="audit")
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")

@@ -176,3 +176,71 @@ def acceptance(
                 needed,
             )
     return Acceptance(None, late, needed)
+
+
+class Counts:
+    """Which of a student's submissions gives their grade on an assignment."""
+
+    BEST = "best"
+    LAST = "last"
+    MARKED = "marked"
+
+    CHOICES = [
+        (BEST, "Best: the highest score after late penalties"),
+        (LAST, "Last: the latest graded submission"),
+        (MARKED, "Marked: the one the student marks as final (else the latest)"),
+    ]
+
+
+@dataclass(frozen=True)
+class Graded:
+    """A graded submission, as the grade policies see it."""
+
+    submission_id: int
+    created_at: datetime
+    score: float  # the grader's, before any late penalty
+    late_days: int
+    marked: bool = False
+
+
+@dataclass(frozen=True)
+class Grade:
+    """A student's grade on an assignment: the submission that counts, its late days and penalty,
+    and an instructor's override if there is one (which wins)."""
+
+    counted: Graded | None
+    penalty_percent: float
+    score: float | None
+    override: float | None = None
+    override_reason: str = ""
+
+    @property
+    def final(self) -> float | None:
+        return self.override if self.override is not None else self.score
+
+    @property
+    def late_days(self) -> int:
+        return self.counted.late_days if self.counted else 0
+
+
+def grade_for(assignment, graded: list[Graded], override=None) -> Grade:
+    """Apply the assignment's choice (best, last, marked) and late policy to a student's graded
+    submissions; ``override`` (with ``score`` and ``reason``) replaces the final score."""
+    counted = None
+    if graded:
+        latest = max(graded, key=lambda g: (g.created_at, g.submission_id))
+        if assignment.counts == Counts.BEST:
+            after = {
+                g.submission_id: late_score(g.score, late_penalty_percent(assignment, g.late_days)) for g in graded
+            }
+            # the highest score after its penalty; of equals, the earliest
+            counted = max(graded, key=lambda g: (after[g.submission_id], -g.created_at.timestamp()))
+        elif assignment.counts == Counts.MARKED:
+            counted = next((g for g in graded if g.marked), latest)
+        else:
+            counted = latest
+    penalty = late_penalty_percent(assignment, counted.late_days) if counted else 0.0
+    score = late_score(counted.score, penalty) if counted else None
+    if override is None:
+        return Grade(counted, penalty, score)
+    return Grade(counted, penalty, score, override.score, override.reason)

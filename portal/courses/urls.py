@@ -12,6 +12,10 @@ urlpatterns = [
     path("courses/<slug:course_slug>/staff/settings/", views.course_settings, name="course_settings"),
     path("courses/<slug:course_slug>/staff/extensions/", views.extensions, name="extensions"),
     path("courses/<slug:course_slug>/staff/audit/", views.audit_log, name="audit"),
+    path("courses/<slug:course_slug>/staff/gradebook/", views.gradebook_page, name="gradebook"),
+    path("courses/<slug:course_slug>/staff/gradebook.csv", views.gradebook_csv, name="gradebook_csv"),
+    path("courses/<slug:course_slug>/staff/rejudges/", views.rejudges, name="rejudges"),
+    path("courses/<slug:course_slug>/staff/rejudges/<int:rejudge_id>/", views.rejudge_detail, name="rejudge"),
     path(
         "courses/<slug:course_slug>/staff/assignments/<slug:assignment_slug>/",
         views.staff_assignment_edit,

@@ -9,10 +9,12 @@ from django.db import transaction
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
+from django.utils.text import slugify
 
 from portal.accounts.invitations import needs_invitation, send_invitation
 from portal.courses.audit import Action, audit
-from portal.courses.forms import AssignmentForm, CourseForm, CourseSettingsForm, ExtensionForm
+from portal.courses.forms import AssignmentForm, CourseForm, CourseSettingsForm, ExtensionForm, OverrideForm
+from portal.courses.gradebook import export_csv, grade_of, gradebook, override_set, sort_rows
 from portal.courses.models import Course, Extension
 from portal.courses.policies import grace_days_spent, window_for
 from portal.courses.roster import MAX_BYTES as ROSTER_MAX_BYTES
@@ -28,7 +30,8 @@ from portal.courses.selectors import (
 from portal.courses.services import assignment_saved, extension_grant, extension_revoke
 from portal.leaderboards.selectors import leaderboard_for_assignment
 from portal.submissions.forms import SubmitForm
-from portal.submissions.models import Job
+from portal.submissions.models import Job, Rejudge
+from portal.submissions.rejudge import RejudgeRefused, rejudge_progress, rejudge_start
 from portal.submissions.selectors import submissions_for_assignment
 from portal.submissions.services import SubmissionRefused, submission_create, submission_refusal
 from portal.submissions.standing import grace_days_by_assignment, standing_for
@@ -226,6 +229,7 @@ def assignment_detail(request, course_slug: str, assignment_slug: str):
             else:
                 return redirect("submissions:detail", submission_id=submission.pk)
     standing = None if is_staff else standing_for(assignment=assignment, student=request.user)
+    grade = None if is_staff else grade_of(assignment=assignment, student=request.user)
     refusal = submission_refusal(user=request.user, assignment=assignment) if standing is None else standing.refusal
     recent = submissions_for_assignment(assignment=assignment).filter(student=request.user)[:10]
     return render(
@@ -238,6 +242,7 @@ def assignment_detail(request, course_slug: str, assignment_slug: str):
             "form": form,
             "refusal": refusal,
             "standing": standing,
+            "grade": grade,
             "recent": recent,
             "is_staff": is_staff,
         },
@@ -287,7 +292,13 @@ def staff_submissions(request, course_slug: str, assignment_slug: str):
     return render(
         request,
         "courses/staff_submissions.html",
-        {"assignment": assignment, "course": assignment.course, "submissions": submissions, "counts": counts},
+        {
+            "assignment": assignment,
+            "course": assignment.course,
+            "submissions": submissions,
+            "counts": counts,
+            "can_rejudge": can_manage_course(course=assignment.course, user=request.user),
+        },
     )
 
 
@@ -363,3 +374,105 @@ def audit_log(request, course_slug: str):
     course = _course_or_404(request, course_slug)
     entries = course.audit.select_related("actor")[:500]
     return render(request, "courses/audit.html", {"course": course, "entries": entries})
+
+
+@login_required
+def gradebook_page(request, course_slug: str):
+    """Students x assignments: the final score, late days, overrides marked; sortable, filtered by
+    section; instructors also override a score with a reason."""
+    course = _course_or_404(request, course_slug, may=is_course_staff)
+    manages = can_manage_course(course=course, user=request.user)
+    form = OverrideForm(request.POST or None, course=course) if manages else None
+    if request.method == "POST":
+        if form is None:
+            raise Http404("Only the course's instructors override grades.")
+        if form.is_valid():
+            data = form.cleaned_data
+            override_set(
+                assignment=data["assignment"],
+                student=data["student"],
+                score=data["score"],
+                reason=data["reason"],
+                by=request.user,
+            )
+            done = "removed" if data["score"] is None else f"set to {data['score']:g}"
+            messages.success(request, f"{data['student'].username} on {data['assignment'].title}: {done}.")
+            return redirect(request.get_full_path())
+    section = request.GET.get("section") or None
+    book = gradebook(course=course, section=section)
+    sort_rows(book, request.GET.get("sort", "username"))
+    all_sections = sorted(
+        set(course.enrollments.filter(role="student").exclude(section="").values_list("section", flat=True))
+    )
+    return render(
+        request,
+        "courses/gradebook.html",
+        {
+            "course": course,
+            "book": book,
+            "section": section,
+            "sections": all_sections,
+            "sort": request.GET.get("sort", "username"),
+            "form": form,
+        },
+        status=400 if request.method == "POST" else 200,
+    )
+
+
+@login_required
+def gradebook_csv(request, course_slug: str):
+    """The gradebook as CSV: username,email,section, then one column per assignment."""
+    course = _course_or_404(request, course_slug, may=is_course_staff)
+    section = request.GET.get("section") or None
+    book = gradebook(course=course, section=section)
+    response = HttpResponse(export_csv(book), content_type="text/csv; charset=utf-8")
+    suffix = f"-{slugify(section)}" if section else ""
+    response["Content-Disposition"] = f'attachment; filename="{course.slug}{suffix}-grades.csv"'
+    return response
+
+
+@login_required
+def rejudges(request, course_slug: str):
+    """Start a rejudge of an assignment (all, each student's that counts, or the selected
+    submissions), and the course's rejudges with their progress (instructors and admins)."""
+    course = _course_or_404(request, course_slug)
+    if request.method == "POST":
+        assignment = course.assignments.filter(slug=request.POST.get("assignment")).first()
+        scope = request.POST.get("scope")
+        ids = [int(v) for v in request.POST.getlist("submission") if v.isdigit()]
+        if assignment is None or scope not in Rejudge.Scope.values:
+            messages.error(request, "Choose an assignment and what to rejudge.")
+        elif scope == Rejudge.Scope.SELECTED and not ids:
+            messages.error(request, "Select the submissions to rejudge on the assignment's submissions page.")
+        else:
+            try:
+                rejudge = rejudge_start(assignment=assignment, by=request.user, scope=scope, submission_ids=ids)
+            except RejudgeRefused as exc:
+                messages.error(request, str(exc))
+            else:
+                messages.success(
+                    request,
+                    f"Rejudge #{rejudge.pk}: {rejudge.items.count()} submissions queued; they run after "
+                    "students' own jobs.",
+                )
+                return redirect("courses:rejudge", course_slug=course.slug, rejudge_id=rejudge.pk)
+        return redirect("courses:rejudges", course_slug=course.slug)
+    started = Rejudge.objects.filter(assignment__course=course).select_related("assignment", "requested_by")[:50]
+    return render(
+        request,
+        "courses/rejudges.html",
+        {
+            "course": course,
+            "rejudges": [rejudge_progress(rejudge=r) for r in started],
+            "assignments": course.assignments.order_by("due_at"),
+            "scopes": [c for c in Rejudge.Scope.choices if c[0] != Rejudge.Scope.SELECTED],
+        },
+    )
+
+
+@login_required
+def rejudge_detail(request, course_slug: str, rejudge_id: int):
+    """A rejudge's progress and, as its jobs finish, whose score changed from what to what."""
+    course = _course_or_404(request, course_slug)
+    rejudge = get_object_or_404(Rejudge.objects.select_related("assignment"), pk=rejudge_id, assignment__course=course)
+    return render(request, "courses/rejudge.html", {"course": course, "progress": rejudge_progress(rejudge=rejudge)})

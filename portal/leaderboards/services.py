@@ -7,9 +7,11 @@ import logging
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
+from django.db.models import OuterRef, Subquery
 
 from portal.courses.models import Enrollment
 from portal.leaderboards.models import LeaderboardEntry
+from portal.submissions.models import Job
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ def leaderboard_record_job(*, job) -> LeaderboardEntry | None:
     """Make ``job`` the student's entry if it beats their best; staff test runs are not ranked."""
     submission = job.submission
     assignment = submission.assignment
-    if job.score is None:
+    if job.score is None or submission.disqualified_at is not None:
         return None
     if not Enrollment.objects.filter(
         course_id=assignment.course_id, user_id=submission.student_id, role=Enrollment.Role.STUDENT
@@ -52,6 +54,30 @@ def leaderboard_record_job(*, job) -> LeaderboardEntry | None:
         student_id=submission.student_id,
         defaults={"job": job, "score": job.score, "metric": job.metric, "achieved_at": job.finished_at},
     )
+    transaction.on_commit(lambda: leaderboard_announce(assignment_id=assignment.pk))
+    return entry
+
+
+def leaderboard_rebuild(*, assignment, student_id: int) -> LeaderboardEntry | None:
+    """Make the student's entry their best result again, from scratch: after a result of theirs
+    was disqualified or reinstated, or regraded by a rejudge. No result left: no entry."""
+    LeaderboardEntry.objects.filter(assignment=assignment, student_id=student_id).delete()
+    entry = None
+    scored = Job.objects.filter(state__in=("succeeded", "failed", "timed_out"), score__isnull=False)
+    # a submission's result is its latest scored grading (a rejudge replaces the earlier one)
+    latest = scored.filter(submission=OuterRef("submission")).order_by("-attempt").values("pk")[:1]
+    candidates = (
+        scored.filter(
+            submission__assignment=assignment,
+            submission__student_id=student_id,
+            submission__disqualified_at__isnull=True,
+            pk=Subquery(latest),
+        )
+        .select_related("submission__assignment__lab")
+        .order_by("finished_at", "pk")
+    )
+    for job in candidates:
+        entry = leaderboard_record_job(job=job) or entry
     transaction.on_commit(lambda: leaderboard_announce(assignment_id=assignment.pk))
     return entry
 

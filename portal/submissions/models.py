@@ -16,6 +16,16 @@ class Submission(models.Model):
     student = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="submissions")
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.UPLOAD)
     is_late = models.BooleanField(default=False)
+    marked_final = models.BooleanField(
+        default=False, help_text="The student's choice of the submission that counts (when the assignment asks)"
+    )
+    disqualified_reason = models.CharField(
+        max_length=200, blank=True, help_text="Set by an instructor: the result leaves the leaderboard and the grades"
+    )
+    disqualified_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    disqualified_at = models.DateTimeField(null=True, blank=True)
     late_days = models.PositiveSmallIntegerField(
         default=0, help_text="Days late against the student's due time (kept current when it moves)"
     )
@@ -27,6 +37,10 @@ class Submission(models.Model):
 
     def __str__(self) -> str:
         return f"submission {self.pk} by {self.student} for {self.assignment}"
+
+    @property
+    def is_disqualified(self) -> bool:
+        return self.disqualified_at is not None
 
 
 class SubmissionFile(models.Model):
@@ -56,11 +70,16 @@ class Job(models.Model):
         TIMED_OUT = "timed_out", "Timed out"
         CANCELLED = "cancelled", "Cancelled"
 
+    class Kind(models.TextChoices):
+        SUBMISSION = "submission", "Submission"  # a student's (or staff's) own: dispatched at once
+        REJUDGE = "rejudge", "Rejudge"  # staff regrade: dispatched only when no submission waits
+
     FINAL_STATES = frozenset({State.SUCCEEDED, State.FAILED, State.ERROR, State.TIMED_OUT, State.CANCELLED})
     ACTIVE_STATES = frozenset({State.QUEUED, State.DISPATCHED, State.RUNNING})
 
     submission = models.ForeignKey(Submission, on_delete=models.CASCADE, related_name="jobs")
     attempt = models.PositiveSmallIntegerField(default=1)
+    kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.SUBMISSION)
     state = models.CharField(max_length=12, choices=State.choices, default=State.QUEUED, db_index=True)
     seed = models.BigIntegerField(help_text="Secret: the cases are generated from it")
     # Names the job's event stream. Job ids repeat when a database is reset while Redis keeps old
@@ -114,3 +133,40 @@ class JobEvent(models.Model):
 
     def __str__(self) -> str:
         return f"job {self.job_id} event {self.seq} ({self.type})"
+
+
+class Rejudge(models.Model):
+    """An instructor's regrade of an assignment's submissions (after a lab's version changes, say):
+    one new rejudge job per submission, run after students' own jobs."""
+
+    class Scope(models.TextChoices):
+        ALL = "all", "All submissions"
+        FINAL = "final", "Each student's submission that counts"
+        SELECTED = "selected", "Selected submissions"
+
+    assignment = models.ForeignKey("courses.Assignment", on_delete=models.CASCADE, related_name="rejudges")
+    scope = models.CharField(max_length=10, choices=Scope.choices)
+    lab_version = models.PositiveIntegerField()
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"rejudge {self.pk} of {self.assignment} ({self.scope})"
+
+
+class RejudgeItem(models.Model):
+    """One submission of a rejudge: its score before, and the job that regrades it."""
+
+    rejudge = models.ForeignKey(Rejudge, on_delete=models.CASCADE, related_name="items")
+    submission = models.ForeignKey(Submission, on_delete=models.CASCADE, related_name="+")
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="+")
+    before_score = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["submission_id"]
+
+    def __str__(self) -> str:
+        return f"{self.rejudge}: submission {self.submission_id}"

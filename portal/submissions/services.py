@@ -22,11 +22,14 @@ from redis.exceptions import RedisError
 from labs.protocol import JobMessage, JobResult, ProtocolError, Task, Verdict
 from portal.celery import app as celery_app
 from portal.courses import policies
+from portal.courses.audit import Action as AuditAction
+from portal.courses.audit import audit
 from portal.courses.models import Assignment, Enrollment
 from portal.courses.selectors import course_role
-from portal.leaderboards.services import leaderboard_record_job
+from portal.leaderboards.services import leaderboard_rebuild, leaderboard_record_job
 from portal.submissions import streams
 from portal.submissions.models import Job, JobEvent, Submission, SubmissionFile
+from portal.submissions.standing import format_when as standing_format
 from portal.submissions.standing import standing_for, windows_by_student
 
 log = logging.getLogger(__name__)
@@ -119,16 +122,20 @@ def submission_create(
     return submission
 
 
-def job_create(*, submission: Submission, attempt: int = 1) -> Job:
+def job_create(*, submission: Submission, attempt: int = 1, kind: str = Job.Kind.SUBMISSION) -> Job:
+    """A new grading of the submission: dispatched after commit, or, for a rejudge, by the sweeper
+    once no submission of its pool is waiting (``jobs_dispatch_queued``)."""
     lab = submission.assignment.lab
     job = Job.objects.create(
         submission=submission,
         attempt=attempt,
+        kind=kind,
         seed=secrets.randbits(62),
         resource_class=lab.resource_class,
         lab_version=lab.version,
     )
-    transaction.on_commit(lambda: job_dispatch(job_id=job.pk))
+    if kind == Job.Kind.SUBMISSION:
+        transaction.on_commit(lambda: job_dispatch(job_id=job.pk))
     return job
 
 
@@ -193,15 +200,43 @@ def job_dispatch(*, job_id: int) -> bool:
 
 
 def jobs_dispatch_queued(*, limit: int = 200) -> int:
-    """Dispatch queued jobs, oldest first; stops at the first broker failure. Returns how many went."""
+    """Dispatch queued jobs, oldest first; stops at the first broker failure. Returns how many went.
+
+    Submissions' jobs go first. A pool's rejudge jobs go only when none of its submissions' jobs
+    waits (queued or in the broker's queue), and at most REJUDGE_MAX_IN_FLIGHT at a time, so a
+    rejudge of hundreds never stands in the broker's queue ahead of a student's submission.
+    """
+    queued = Job.objects.filter(state=State.QUEUED)
+    own = queued.filter(kind=Job.Kind.SUBMISSION).order_by("created_at").values_list("pk", flat=True)[:limit]
+    sent, broker_down = _dispatch_each(list(own))
+    if broker_down:
+        return sent
+    waiting = Job.objects.filter(kind=Job.Kind.SUBMISSION, state__in=(State.QUEUED, State.DISPATCHED))
+    in_flight = Job.objects.filter(kind=Job.Kind.REJUDGE, state__in=(State.DISPATCHED, State.RUNNING))
+    for pool in queued.filter(kind=Job.Kind.REJUDGE).values_list("resource_class", flat=True).distinct():
+        if waiting.filter(resource_class=pool).exists():
+            continue
+        room = settings.REJUDGE_MAX_IN_FLIGHT - in_flight.filter(resource_class=pool).count()
+        if room <= 0:
+            continue
+        rejudges = queued.filter(kind=Job.Kind.REJUDGE, resource_class=pool).order_by("pk")
+        more, broker_down = _dispatch_each(list(rejudges.values_list("pk", flat=True)[:room]))
+        sent += more
+        if broker_down:
+            break
+    return sent
+
+
+def _dispatch_each(job_ids: list[int]) -> tuple[int, bool]:
+    """Dispatch the jobs in order: (how many went, whether the broker was found down)."""
     sent = 0
-    for job_id in Job.objects.filter(state=State.QUEUED).order_by("created_at").values_list("pk", flat=True)[:limit]:
+    for job_id in job_ids:
         if not job_dispatch(job_id=job_id):
             if Job.objects.filter(pk=job_id, state=State.QUEUED).exists():
-                break  # the broker is down: try again on the next sweep
+                return sent, True  # the broker is down: try again on the next sweep
             continue
         sent += 1
-    return sent
+    return sent, False
 
 
 def job_mark_started(*, job_id: int, worker: str, started_at: float) -> None:
@@ -254,6 +289,8 @@ def job_record_result(*, job_id: int, result: dict) -> Job | None:
         job_events_archive(job=job)
         if verdict == State.ERROR:
             job_retry(job=job)
+        elif job.kind == Job.Kind.REJUDGE:  # the new score replaces the submission's old one, up or down
+            leaderboard_rebuild(assignment=job.submission.assignment, student_id=job.submission.student_id)
         else:
             leaderboard_record_job(job=job)
     _publish_portal_status(job)
@@ -265,7 +302,7 @@ def job_retry(*, job: Job) -> Job | None:
     if job.attempt >= settings.JOB_MAX_ATTEMPTS:
         log.error("job %s: giving up after %s attempts", job.pk, job.attempt)
         return None
-    return job_create(submission=job.submission, attempt=job.attempt + 1)
+    return job_create(submission=job.submission, attempt=job.attempt + 1, kind=job.kind)
 
 
 def job_events_archive(*, job: Job) -> int:
@@ -353,3 +390,51 @@ def submissions_refresh_lateness(*, assignment: Assignment, student_ids: list[in
             changed.append(submission)
     Submission.objects.bulk_update(changed, ["late_days", "is_late"])
     return len(changed)
+
+
+@transaction.atomic
+def submission_mark_final(*, submission: Submission, user: User, now: datetime | None = None) -> None:
+    """The student picks the submission that counts (assignments that count the marked one), while
+    their window is open; it replaces their earlier mark."""
+    assignment = submission.assignment
+    if submission.student_id != user.pk:
+        raise SubmissionRefused("Only its author marks a submission as final.")
+    if assignment.counts != policies.Counts.MARKED:
+        raise SubmissionRefused(
+            f"This assignment counts your {assignment.counts} submission; there is nothing to mark."
+        )
+    now = now or timezone.now()
+    window = policies.window_for(assignment, assignment.extensions.filter(student=user).first())
+    closes = window.closes_at(assignment.late_policy)
+    if closes is not None and now > closes:
+        raise SubmissionRefused(
+            f"Submissions closed on {standing_format(assignment)(closes)}; the submission that counts is fixed."
+        )
+    Submission.objects.filter(assignment=assignment, student=user, marked_final=True).update(marked_final=False)
+    Submission.objects.filter(pk=submission.pk).update(marked_final=True)
+    submission.marked_final = True
+
+
+@transaction.atomic
+def submission_disqualify(*, submission: Submission, by: User, reason: str | None) -> None:
+    """Take a result out of the leaderboard and the grades, with a reason the student sees (the
+    submission and its gradings stay on record); ``reason`` None reinstates it. Audited."""
+    was = submission.disqualified_reason
+    fields = {"disqualified_reason": (reason or "")[:200], "disqualified_by": by if reason else None}
+    fields["disqualified_at"] = timezone.now() if reason else None
+    Submission.objects.filter(pk=submission.pk).update(**fields)
+    submission.refresh_from_db()
+    assignment, who = submission.assignment, submission.student.username
+    leaderboard_rebuild(assignment=assignment, student_id=submission.student_id)
+    done = f"disqualified: {reason}" if reason else f"reinstated (was: {was})"
+    audit(
+        course=assignment.course,
+        actor=by,
+        action=AuditAction.DISQUALIFY,
+        summary=f"{assignment.title}: #{submission.pk} of {who} {done}",
+        assignment=assignment.slug,
+        submission=submission.pk,
+        student=who,
+        disqualified=reason is not None,
+        reason=reason or was,
+    )

@@ -24,7 +24,8 @@ GIVEN_BACK = (Job.State.ERROR, Job.State.CANCELLED)
 def counted_submissions(*, assignment: Assignment | None = None, student: User) -> QuerySet[Submission]:
     """The student's submissions that count against quotas and lateness: all but those whose
     grading ended in an infrastructure error (after its retries) or was cancelled."""
-    latest_state = Job.objects.filter(submission=OuterRef("pk")).order_by("-attempt").values("state")[:1]
+    own = Job.objects.filter(submission=OuterRef("pk"), kind=Job.Kind.SUBMISSION)  # not a staff rejudge
+    latest_state = own.order_by("-attempt").values("state")[:1]
     submissions = Submission.objects.filter(student=student)
     if assignment is not None:
         submissions = submissions.filter(assignment=assignment)

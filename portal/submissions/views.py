@@ -1,10 +1,12 @@
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, JsonResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.views.decorators.http import require_POST
 
 from portal.courses.policies import late_penalty_percent
-from portal.courses.selectors import is_course_staff
+from portal.courses.selectors import can_manage_course, is_course_staff
 from portal.submissions.selectors import (
     job_for_viewer,
     job_latest,
@@ -13,6 +15,7 @@ from portal.submissions.selectors import (
     submission_for_viewer,
     submissions_for_student,
 )
+from portal.submissions.services import SubmissionRefused, submission_disqualify, submission_mark_final
 
 
 @login_required
@@ -37,6 +40,7 @@ def submission_detail(request, submission_id: int):
             "archived_events": archived,
             "is_staff": is_course_staff(course=submission.assignment.course, user=request.user),
             "late_penalty": late_penalty_percent(submission.assignment, submission.late_days),
+            "can_disqualify": can_manage_course(course=submission.assignment.course, user=request.user),
         },
     )
 
@@ -52,3 +56,38 @@ def job_status(request, job_id: int):
     if job is None:
         return JsonResponse({"error": "no such job, or it is not yours"}, status=404)
     return JsonResponse(job_snapshot(job=job))
+
+
+@login_required
+@require_POST
+def mark_final(request, submission_id: int):
+    """The author marks this submission as the one that counts."""
+    submission = submission_for_viewer(submission_id=submission_id, user=request.user)
+    if submission is None:
+        raise Http404("No such submission, or it is not yours.")
+    try:
+        submission_mark_final(submission=submission, user=request.user)
+    except SubmissionRefused as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Submission #{submission.pk} is the one that counts.")
+    return redirect("submissions:detail", submission_id=submission.pk)
+
+
+@login_required
+@require_POST
+def disqualify(request, submission_id: int):
+    """An instructor takes a result out of the leaderboard and grades (with a reason), or puts it back."""
+    submission = submission_for_viewer(submission_id=submission_id, user=request.user)
+    if submission is None or not can_manage_course(course=submission.assignment.course, user=request.user):
+        raise Http404("No such submission, or you may not disqualify it.")
+    reason = request.POST.get("reason", "").strip()
+    if request.POST.get("action") == "reinstate":
+        submission_disqualify(submission=submission, by=request.user, reason=None)
+        messages.success(request, f"Submission #{submission.pk} is reinstated: it ranks and counts again.")
+    elif not reason:
+        messages.error(request, "Say why: the student sees the reason.")
+    else:
+        submission_disqualify(submission=submission, by=request.user, reason=reason)
+        messages.success(request, f"Submission #{submission.pk} is disqualified; the student sees why.")
+    return redirect("submissions:detail", submission_id=submission.pk)

@@ -11,6 +11,7 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from portal.catalog.models import LabUpload
+from portal.submissions.models import Rejudge
 from portal.submissions.services import submission_create
 from tests.factories import CourseFactory, UserFactory
 
@@ -33,6 +34,8 @@ MATRIX = {
     "catalog:upload_action": {**dict.fromkeys(ROLES, 405), "anonymous": "login"},  # POST only
     "submissions:mine": SIGNED_IN,
     "submissions:detail": COURSE,  # alice's submission: her own
+    "submissions:mark_final": {**dict.fromkeys(ROLES, 405), "anonymous": "login"},  # POST only
+    "submissions:disqualify": {**dict.fromkeys(ROLES, 405), "anonymous": "login"},  # POST only
     "submissions:job_status": COURSE,
     "courses:home": SIGNED_IN,
     "courses:course_new": ADMINS,
@@ -43,6 +46,10 @@ MATRIX = {
     "courses:course_settings": MANAGERS,
     "courses:extensions": STAFF,
     "courses:audit": MANAGERS,
+    "courses:gradebook": STAFF,
+    "courses:gradebook_csv": STAFF,
+    "courses:rejudges": MANAGERS,
+    "courses:rejudge": MANAGERS,
     "courses:assignment": COURSE,
     "courses:starter": COURSE,
     "courses:leaderboard": COURSE,
@@ -75,11 +82,14 @@ def world(cast, custom_op, django_capture_on_commit_callbacks):
         uploaded_by=cast["ines"], slug="my_lab", version=1, title="My lab", archive=b"", archive_sha256="0" * 64
     )
     course, slug = custom_op.course.slug, custom_op.slug
+    rejudge = Rejudge.objects.create(assignment=custom_op, scope="all", lab_version=1)
     args = {
         "accounts:invitation": ["MQ", "no-such-token"],
         "catalog:upload": [upload.pk],
         "catalog:upload_action": [upload.pk, "check"],
         "submissions:detail": [submission.pk],
+        "submissions:mark_final": [submission.pk],
+        "submissions:disqualify": [submission.pk],
         "submissions:job_status": [submission.jobs.get().pk],
         "courses:course": [course],
         "courses:roster": [course],
@@ -88,6 +98,10 @@ def world(cast, custom_op, django_capture_on_commit_callbacks):
         "courses:course_settings": [course],
         "courses:extensions": [course],
         "courses:audit": [course],
+        "courses:gradebook": [course],
+        "courses:gradebook_csv": [course],
+        "courses:rejudges": [course],
+        "courses:rejudge": [course, rejudge.pk],
         "courses:assignment": [course, slug],
         "courses:starter": [course, slug],
         "courses:leaderboard": [course, slug],

@@ -137,3 +137,34 @@ def test_a_quota_counts_all_submissions_and_a_rolling_hour():
 def test_no_quota_means_no_limit():
     q = policies.quota_for(assignment(), [T0 - timedelta(seconds=k) for k in range(50)], T0)
     assert (q.left, q.next_at, q.refusal(T0)) == (None, None, None)
+
+
+def graded(sid, score, *, hours=0, late_days=0, marked=False):
+    return policies.Graded(sid, T0 + hours * H, score, late_days, marked)
+
+
+def test_best_counts_the_highest_score_after_its_late_penalty_and_the_earliest_of_equals():
+    a = assignment(late_policy=LatePolicy.PENALTY, late_penalty_per_day=50, counts=policies.Counts.BEST)
+    subs = [graded(1, 70.0), graded(2, 100.0, hours=30, late_days=2), graded(3, 70.0, hours=5)]
+    grade = policies.grade_for(a, subs)
+    # 100 two days late at 50 %/day is 0; of the two 70s, the first
+    assert (grade.counted.submission_id, grade.score, grade.penalty_percent) == (1, 70.0, 0.0)
+    late_best = policies.grade_for(a, [graded(1, 10.0), graded(2, 100.0, hours=30, late_days=1)])
+    assert (late_best.counted.submission_id, late_best.score, late_best.late_days) == (2, 50.0, 1)
+
+
+def test_last_and_marked_count_what_they_say():
+    subs = [graded(1, 90.0), graded(2, 40.0, hours=1, marked=True), graded(3, 60.0, hours=2)]
+    assert policies.grade_for(assignment(counts=policies.Counts.LAST), subs).counted.submission_id == 3
+    assert policies.grade_for(assignment(counts=policies.Counts.MARKED), subs).score == 40.0
+    unmarked = [policies.Graded(g.submission_id, g.created_at, g.score, 0) for g in subs]
+    assert policies.grade_for(assignment(counts=policies.Counts.MARKED), unmarked).counted.submission_id == 3
+
+
+def test_an_override_wins_and_no_submission_is_no_grade():
+    override = SimpleNamespace(score=95.0, reason="regrade")
+    grade = policies.grade_for(assignment(counts=policies.Counts.BEST), [graded(1, 50.0)], override)
+    assert (grade.score, grade.final, grade.override_reason) == (50.0, 95.0, "regrade")
+    empty = policies.grade_for(assignment(counts=policies.Counts.BEST), [])
+    assert (empty.counted, empty.final, empty.late_days) == (None, None, 0)
+    assert policies.grade_for(assignment(counts=policies.Counts.BEST), [], override).final == 95.0

@@ -3,7 +3,8 @@ two sections, and a site admin (a superuser, for Django admin and every course).
 
 It also shows the course side at work: the course gives 3 grace days; `autodiff-late` was due two
 days ago and takes grace days until its cutoff; carol handed it in late (spending 2 grace days) and
-bob has an extension on it; `custom_op` has a quota (20 graded submissions, 6 an hour)."""
+bob has an extension on it, alice's submission to it is disqualified; `custom_op` has a quota (20 graded
+submissions, 6 an hour)."""
 
 import secrets
 from datetime import timedelta
@@ -20,7 +21,7 @@ from portal.catalog.services import lab_sync_all
 from portal.courses.models import Course, Enrollment
 from portal.courses.policies import LatePolicy
 from portal.courses.services import assignment_create, course_create, enrollment_create, extension_grant
-from portal.submissions.services import submission_create
+from portal.submissions.services import submission_create, submission_disqualify
 
 DEMO_COURSE = "aisys-demo"
 CAST = [
@@ -94,8 +95,8 @@ def _read_logins() -> dict[str, str]:
 
 
 def _late_work_demo(course: Course, people: dict[str, User], now) -> None:
-    """An assignment past its due time under the grace-day policy: carol submitted late, bob has an
-    extension; alice can still hand in late until the cutoff (and sees what it would cost)."""
+    """An assignment past its due time under the grace-day policy: carol submitted late (2 grace
+    days), bob has an extension, alice's late submission (2 grace days too) is disqualified."""
     if course.grace_days == 0:
         course.grace_days = 3
         course.save(update_fields=["grace_days"])
@@ -118,4 +119,11 @@ def _late_work_demo(course: Course, people: dict[str, User], now) -> None:
         due_at=now + timedelta(days=3),
         reason="demo: a medical note",
         granted_by=people["instructor"],
+    )
+    # a result taken out of the leaderboard and the grades, with the reason alice sees
+    copied = submission_create(
+        student=people["alice"], assignment=late, files={lab.entry: solution.read_text()}, source="paste"
+    )
+    submission_disqualify(
+        submission=copied, by=people["instructor"], reason="demo: identical to another student's submission"
     )
