@@ -9,5 +9,6 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("", include("portal.catalog.urls")),
     path("", include("portal.submissions.urls")),
+    path("", include("portal.leaderboards.urls")),
     path("", include("portal.courses.urls")),
 ]

@@ -1,4 +1,4 @@
-from portal.catalog.uploads import can_manage_labs
+from portal.access import can_manage_labs
 
 
 def lab_manager(request) -> dict:

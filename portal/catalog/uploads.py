@@ -25,20 +25,12 @@ from labs.protocol import ProtocolError, SelfCheckMessage, SelfCheckReport, Task
 from portal.catalog.models import Lab, LabUpload
 from portal.catalog.services import lab_sync_all
 from portal.celery import app as celery_app
-from portal.courses.models import Enrollment
 
 log = logging.getLogger(__name__)
 
 
 class LabUploadError(Exception):
     """The upload is refused; the message says what to fix."""
-
-
-def can_manage_labs(*, user) -> bool:
-    """Instructors of any course, and administrators, may upload and publish labs."""
-    if not user.is_authenticated:
-        return False
-    return user.is_superuser or Enrollment.objects.filter(user=user, role=Enrollment.Role.INSTRUCTOR).exists()
 
 
 def lab_upload_create(*, user, data: bytes) -> LabUpload:

@@ -9,10 +9,10 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from labs.archive import MAX_ARCHIVE_BYTES
+from portal.access import can_manage_labs
 from portal.catalog.models import LabUpload
 from portal.catalog.uploads import (
     LabUploadError,
-    can_manage_labs,
     lab_upload_create,
     lab_upload_dispatch_self_check,
     lab_upload_publish,

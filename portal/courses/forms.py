@@ -103,7 +103,7 @@ class CourseSettingsForm(forms.ModelForm):
 
     class Meta:
         model = Course
-        fields = ["title", "description", "time_zone", "grace_days"]
+        fields = ["title", "description", "time_zone", "grace_days", "freeze_leaderboards", "tas_see_own_section"]
 
 
 class ExtensionForm(forms.Form):
@@ -126,14 +126,18 @@ class ExtensionForm(forms.Form):
     )
     reason = forms.CharField(max_length=200, help_text="Shown to the student, e.g. 'medical note'")
 
-    def __init__(self, *args, course: Course, **kwargs):
+    def __init__(self, *args, course: Course, section: str | None = None, **kwargs):
+        """``section``: a section-scoped TA's; only its students can be named."""
         super().__init__(*args, **kwargs)
         self.course = course
+        self.scope = section
         self.fields["assignment"].queryset = course.assignments.order_by("due_at")
         self.fields["assignment"].to_field_name = "slug"
         sections = sorted(
             set(course.enrollments.filter(role="student").exclude(section="").values_list("section", flat=True))
         )
+        if section is not None:
+            sections = [section]
         self.fields["section"].choices = [("", "(none)"), *((s, s) for s in sections)]
         for name in ("due_at", "cutoff_at"):
             self.fields[name].input_formats = ["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"]
@@ -145,13 +149,16 @@ class ExtensionForm(forms.Form):
         if bool(names) == bool(section):
             raise forms.ValidationError("Name the students, or choose a section (one of the two).")
         enrolled = self.course.enrollments.filter(role="student").select_related("user")
+        if self.scope is not None:
+            enrolled = enrolled.filter(section=self.scope)
         if section:
             data["users"] = [e.user for e in enrolled.filter(section=section)]
         else:
             found = {e.user.username: e.user for e in enrolled.filter(user__username__in=names)}
             unknown = [n for n in names if n not in found]
             if unknown:
-                self.add_error("students", f"Not students of this course: {', '.join(unknown)}.")
+                where = f"section {self.scope} of this course" if self.scope else "this course"
+                self.add_error("students", f"Not students of {where}: {', '.join(unknown)}.")
             data["users"] = [found[n] for n in dict.fromkeys(names) if n in found]
         assignment, due, cutoff = data.get("assignment"), data.get("due_at"), data.get("cutoff_at")
         if assignment and due and due <= assignment.opens_at:

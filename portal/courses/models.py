@@ -33,6 +33,16 @@ class Course(models.Model):
     grace_days = models.PositiveSmallIntegerField(
         default=0, help_text="Each student's bank of late days for the term, spent by grace-day assignments"
     )
+    freeze_leaderboards = models.BooleanField(
+        "freeze leaderboards at the due time",
+        default=False,
+        help_text="After an assignment's due time, students see the final ranking of what was submitted by then",
+    )
+    tas_see_own_section = models.BooleanField(
+        "TAs see only their section",
+        default=False,
+        help_text="A TA with a section sees the submissions, grades and extensions of that section's students only",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -56,6 +66,12 @@ class Enrollment(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="enrollments")
     role = models.CharField(max_length=20, choices=Role.choices, default=Role.STUDENT)
     section = models.CharField(max_length=50, blank=True, default="", help_text="e.g. a lab group or recitation")
+    nickname = models.CharField(
+        max_length=30,
+        blank=True,
+        default="",
+        help_text="Shown to other students on leaderboards instead of the username",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

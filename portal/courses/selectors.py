@@ -1,32 +1,13 @@
-"""Reads on courses, with the access rules in one place: who may see what."""
+"""Reads on courses; who may see what is portal/access.py's."""
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AnonymousUser, User
+from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from portal.courses.models import Assignment, Course, Enrollment
-
-STAFF_ROLES = (Enrollment.Role.TA, Enrollment.Role.INSTRUCTOR)
-
-
-def course_role(*, course: Course, user: User | AnonymousUser) -> str | None:
-    """The user's role in the course ("student", "ta", "instructor"), "admin" for superusers, else None."""
-    if not user.is_authenticated:
-        return None
-    if user.is_superuser:
-        return "admin"
-    return Enrollment.objects.filter(course=course, user=user).values_list("role", flat=True).first()
-
-
-def is_course_staff(*, course: Course, user: User | AnonymousUser) -> bool:
-    return course_role(course=course, user=user) in (*STAFF_ROLES, "admin")
-
-
-def can_manage_course(*, course: Course, user: User | AnonymousUser) -> bool:
-    """The course's instructors and admins manage it (roster, assignments); TAs do not."""
-    return course_role(course=course, user=user) in (Enrollment.Role.INSTRUCTOR, "admin")
+from portal.access import can_see_assignment, is_course_staff
+from portal.courses.models import Assignment, Course
 
 
 def courses_for_user(*, user: User) -> QuerySet[Course]:
@@ -49,8 +30,6 @@ def assignment_for_user(*, course_slug: str, assignment_slug: str, user: User) -
         .filter(course__slug=course_slug, slug=assignment_slug, course__is_active=True)
         .first()
     )
-    if assignment is None or course_role(course=assignment.course, user=user) is None:
+    if assignment is None or not can_see_assignment(assignment=assignment, user=user):
         return None
-    if assignments_for_user(course=assignment.course, user=user).filter(pk=assignment.pk).exists():
-        return assignment
-    return None
+    return assignment

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from django.contrib.auth.models import User
@@ -113,3 +114,26 @@ def assignment_saved(*, assignment: Assignment, actor: User, created: bool, chan
         assignment=assignment.slug,
         fields=changed,
     )
+
+
+NICKNAME = re.compile(r"^[\w][\w .\-]{0,29}$")
+
+
+class NicknameRefused(Exception):
+    """The nickname cannot be used; the message says why."""
+
+
+def nickname_set(*, enrollment: Enrollment, nickname: str) -> None:
+    """A student's name on the course's leaderboards (empty: their username). It must not be
+    another member's username or another student's nickname, so nobody can pass for someone else."""
+    nickname = " ".join(nickname.split())
+    if nickname and not NICKNAME.match(nickname):
+        raise NicknameRefused("Use up to 30 letters, digits, spaces, dots, dashes or underscores.")
+    if nickname:
+        members = Enrollment.objects.filter(course_id=enrollment.course_id).exclude(pk=enrollment.pk)
+        if members.filter(user__username__iexact=nickname).exists() or (
+            members.filter(nickname__iexact=nickname).exists()
+        ):
+            raise NicknameRefused(f"'{nickname}' is taken in this course; choose another.")
+    enrollment.nickname = nickname
+    enrollment.save(update_fields=["nickname"])

@@ -8,6 +8,7 @@ urlpatterns = [
     path("staff/courses/new/", views.course_new, name="course_new"),
     path("courses/<slug:course_slug>/", views.course_detail, name="course"),
     path("courses/<slug:course_slug>/staff/roster/", views.roster, name="roster"),
+    path("courses/<slug:course_slug>/nickname/", views.nickname, name="nickname"),
     path("courses/<slug:course_slug>/staff/assignments/", views.staff_assignments, name="staff_assignments"),
     path("courses/<slug:course_slug>/staff/settings/", views.course_settings, name="course_settings"),
     path("courses/<slug:course_slug>/staff/extensions/", views.extensions, name="extensions"),
@@ -23,7 +24,6 @@ urlpatterns = [
     ),
     path("courses/<slug:course_slug>/<slug:assignment_slug>/", views.assignment_detail, name="assignment"),
     path("courses/<slug:course_slug>/<slug:assignment_slug>/starter.zip", views.starter_download, name="starter"),
-    path("courses/<slug:course_slug>/<slug:assignment_slug>/leaderboard/", views.leaderboard, name="leaderboard"),
     path(
         "courses/<slug:course_slug>/<slug:assignment_slug>/submissions/",
         views.staff_submissions,

@@ -10,7 +10,9 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.text import slugify
+from django.views.decorators.http import require_POST
 
+from portal.access import can_manage_course, course_role, is_course_staff, section_scope
 from portal.accounts.invitations import needs_invitation, send_invitation
 from portal.courses.audit import Action, audit
 from portal.courses.forms import AssignmentForm, CourseForm, CourseSettingsForm, ExtensionForm, OverrideForm
@@ -19,16 +21,14 @@ from portal.courses.models import Course, Extension
 from portal.courses.policies import grace_days_spent, window_for
 from portal.courses.roster import MAX_BYTES as ROSTER_MAX_BYTES
 from portal.courses.roster import RosterError, audit_import, import_roster, import_rows, invite_new_accounts
-from portal.courses.selectors import (
-    assignment_for_user,
-    assignments_for_user,
-    can_manage_course,
-    course_role,
-    courses_for_user,
-    is_course_staff,
+from portal.courses.selectors import assignment_for_user, assignments_for_user, courses_for_user
+from portal.courses.services import (
+    NicknameRefused,
+    assignment_saved,
+    extension_grant,
+    extension_revoke,
+    nickname_set,
 )
-from portal.courses.services import assignment_saved, extension_grant, extension_revoke
-from portal.leaderboards.selectors import leaderboard_for_assignment
 from portal.submissions.forms import SubmitForm
 from portal.submissions.models import Job, Rejudge
 from portal.submissions.rejudge import RejudgeRefused, rejudge_progress, rejudge_start
@@ -102,6 +102,7 @@ def course_detail(request, course_slug: str):
             "now": timezone.now(),
             "can_manage_course": can_manage_course(course=course, user=request.user),
             "is_staff": is_course_staff(course=course, user=request.user),
+            "nickname": course.enrollments.filter(user=request.user).values_list("nickname", flat=True).first(),
         },
     )
 
@@ -264,26 +265,17 @@ def starter_download(request, course_slug: str, assignment_slug: str):
 
 
 @login_required
-def leaderboard(request, course_slug: str, assignment_slug: str):
-    assignment = _assignment_or_404(request, course_slug, assignment_slug)
-    return render(
-        request,
-        "leaderboards/leaderboard.html",
-        {
-            "assignment": assignment,
-            "course": assignment.course,
-            "lab": assignment.lab,
-            "rows": leaderboard_for_assignment(assignment=assignment),
-        },
-    )
-
-
-@login_required
 def staff_submissions(request, course_slug: str, assignment_slug: str):
     assignment = _assignment_or_404(request, course_slug, assignment_slug)
     if not is_course_staff(course=assignment.course, user=request.user):
         raise Http404("Only the course's staff can see every submission.")
-    submissions = submissions_for_assignment(assignment=assignment)[:500]
+    submissions = submissions_for_assignment(assignment=assignment)
+    scope = section_scope(course=assignment.course, user=request.user)
+    if scope is not None:
+        submissions = submissions.filter(
+            student__enrollments__course=assignment.course, student__enrollments__section=scope
+        )
+    submissions = submissions[:500]
     counts = {state: 0 for state in Job.State.values}
     for submission in submissions:
         jobs = list(submission.jobs.all())
@@ -308,9 +300,13 @@ def course_settings(request, course_slug: str):
     course = _course_or_404(request, course_slug)
     form = CourseSettingsForm(request.POST or None, instance=course)
     if request.method == "POST" and form.is_valid():
+        fields = CourseSettingsForm.Meta.fields
         with transaction.atomic():
+            before = Course.objects.filter(pk=course.pk).values(*fields).get()
             form.save()
-            changes = {name: str(form.cleaned_data[name])[:200] for name in form.changed_data}
+            changes = {
+                name: str(getattr(course, name))[:200] for name in fields if getattr(course, name) != before[name]
+            }
             if changes:
                 audit(
                     course=course,
@@ -328,9 +324,13 @@ def course_settings(request, course_slug: str):
 def extensions(request, course_slug: str):
     """The course's extensions, a form to grant one (to students, or a whole section), and revoke."""
     course = _course_or_404(request, course_slug, may=is_course_staff)
-    form = ExtensionForm(request.POST or None, course=course)
+    scope = section_scope(course=course, user=request.user)
+    form = ExtensionForm(request.POST or None, course=course, section=scope)
     if request.method == "POST" and request.POST.get("action") == "revoke":
         extension = Extension.objects.filter(assignment__course=course, pk=request.POST.get("extension")).first()
+        if extension is not None and scope is not None:
+            in_scope = course.enrollments.filter(user_id=extension.student_id, section=scope).exists()
+            extension = extension if in_scope else None
         if extension is None:
             messages.error(request, "That extension does not exist any more.")
         else:
@@ -364,7 +364,9 @@ def extensions(request, course_slug: str):
         .order_by("assignment__due_at", "student__username")
     )
     sections = dict(course.enrollments.values_list("user_id", "section"))
-    rows = [(e, sections.get(e.student_id, "")) for e in granted]
+    rows = [
+        (e, sections.get(e.student_id, "")) for e in granted if scope is None or sections.get(e.student_id) == scope
+    ]
     return render(request, "courses/extensions.html", {"course": course, "form": form, "rows": rows})
 
 
@@ -398,12 +400,14 @@ def gradebook_page(request, course_slug: str):
             done = "removed" if data["score"] is None else f"set to {data['score']:g}"
             messages.success(request, f"{data['student'].username} on {data['assignment'].title}: {done}.")
             return redirect(request.get_full_path())
-    section = request.GET.get("section") or None
+    section = section_scope(course=course, user=request.user) or request.GET.get("section") or None
     book = gradebook(course=course, section=section)
     sort_rows(book, request.GET.get("sort", "username"))
     all_sections = sorted(
         set(course.enrollments.filter(role="student").exclude(section="").values_list("section", flat=True))
     )
+    if section_scope(course=course, user=request.user) is not None:
+        all_sections = [section]
     return render(
         request,
         "courses/gradebook.html",
@@ -423,7 +427,7 @@ def gradebook_page(request, course_slug: str):
 def gradebook_csv(request, course_slug: str):
     """The gradebook as CSV: username,email,section, then one column per assignment."""
     course = _course_or_404(request, course_slug, may=is_course_staff)
-    section = request.GET.get("section") or None
+    section = section_scope(course=course, user=request.user) or request.GET.get("section") or None
     book = gradebook(course=course, section=section)
     response = HttpResponse(export_csv(book), content_type="text/csv; charset=utf-8")
     suffix = f"-{slugify(section)}" if section else ""
@@ -476,3 +480,21 @@ def rejudge_detail(request, course_slug: str, rejudge_id: int):
     course = _course_or_404(request, course_slug)
     rejudge = get_object_or_404(Rejudge.objects.select_related("assignment"), pk=rejudge_id, assignment__course=course)
     return render(request, "courses/rejudge.html", {"course": course, "progress": rejudge_progress(rejudge=rejudge)})
+
+
+@login_required
+@require_POST
+def nickname(request, course_slug: str):
+    """A student picks (or clears) their leaderboard name in the course."""
+    course = get_object_or_404(Course, slug=course_slug, is_active=True)
+    enrollment = course.enrollments.filter(user=request.user, role="student").first()
+    if enrollment is None:
+        raise Http404("Only the course's students have a leaderboard name.")
+    try:
+        nickname_set(enrollment=enrollment, nickname=request.POST.get("nickname", "")[:200])
+    except NicknameRefused as exc:
+        messages.error(request, str(exc))
+    else:
+        shown = enrollment.nickname or request.user.username
+        messages.success(request, f"Leaderboards show you as {shown} (the staff still see your username).")
+    return redirect("courses:course", course_slug=course.slug)

@@ -5,17 +5,17 @@ from __future__ import annotations
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from portal.access import can_see_assignment
 from portal.courses.models import Assignment
-from portal.courses.selectors import course_role
-from portal.leaderboards.selectors import leaderboard_for_assignment
+from portal.leaderboards.selectors import leaderboard_for_viewer
 from portal.leaderboards.services import leaderboard_group
 
 
 def leaderboard_rows_for_viewer(*, assignment_id: int, user) -> list[dict] | None:
     assignment = Assignment.objects.select_related("course", "lab").filter(pk=assignment_id).first()
-    if assignment is None or course_role(course=assignment.course, user=user) is None:
+    if assignment is None or not can_see_assignment(assignment=assignment, user=user):
         return None
-    return leaderboard_for_assignment(assignment=assignment)
+    return leaderboard_for_viewer(assignment=assignment, user=user).rows
 
 
 class LeaderboardConsumer(AsyncJsonWebsocketConsumer):

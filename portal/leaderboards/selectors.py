@@ -1,11 +1,64 @@
-"""Ranked leaderboards: score first, then the lab's metric in its direction, then who got there first."""
+"""Ranked leaderboards: score first, then the lab's metric in its direction, then who got there first.
+
+What a viewer sees: staff see the live ranking with real names (and nicknames); students see
+nicknames where their classmates chose one, and, in a course that freezes leaderboards, after the
+due time only what was submitted by the due time (the final ranking).
+"""
 
 from __future__ import annotations
 
-from django.db.models import F
+from dataclasses import dataclass
 
-from portal.courses.models import Assignment
+from django.db.models import F, OuterRef, Subquery
+from django.utils import timezone
+
+from portal.access import is_course_staff
+from portal.courses.models import Assignment, Enrollment
 from portal.leaderboards.models import LeaderboardEntry
+from portal.leaderboards.services import better
+from portal.submissions.models import Job
+
+
+@dataclass(frozen=True)
+class Board:
+    rows: list[dict]
+    final: bool  # frozen at the due time: the final ranking
+    staff: bool
+
+
+def leaderboard_for_viewer(*, assignment: Assignment, user) -> Board:
+    staff = is_course_staff(course=assignment.course, user=user)
+    frozen = assignment.course.freeze_leaderboards and timezone.now() > assignment.due_at
+    if frozen and not staff:
+        rows = leaderboard_as_of(assignment=assignment, when=assignment.due_at)
+    else:
+        rows = leaderboard_for_assignment(assignment=assignment)
+    nicknames = dict(
+        Enrollment.objects.filter(course_id=assignment.course_id)
+        .exclude(nickname="")
+        .values_list("user_id", "nickname")
+    )
+    for row in rows:
+        nickname = nicknames.get(row.pop("student_id"), "")
+        if staff:
+            row["student"] = f"{row['student']} ({nickname})" if nickname else row["student"]
+        elif nickname:
+            row["student"] = nickname
+    return Board(rows, frozen and not staff, staff)
+
+
+def _row(rank: int, *, student_id: int, username: str, score, metric, job: Job | None, achieved_at) -> dict:
+    return {
+        "rank": rank,
+        "student_id": student_id,
+        "student": username,
+        "score": score,
+        "metric": metric,
+        # A correct GPU-lab result graded without a GPU has no metric, and says why.
+        "unranked": ((job.result or {}).get("unranked", "") if job else "") if metric is None else "",
+        "job_id": job.pk if job else None,
+        "achieved_at": achieved_at.isoformat(),
+    }
 
 
 def leaderboard_for_assignment(*, assignment: Assignment) -> list[dict]:
@@ -19,20 +72,60 @@ def leaderboard_for_assignment(*, assignment: Assignment) -> list[dict]:
         .select_related("student", "job")
         .order_by("-score", metric_order, "achieved_at")
     )
-    rows = []
-    for rank, entry in enumerate(entries, start=1):
-        rows.append(
-            {
-                "rank": rank,
-                "student": entry.student.username,
-                "score": entry.score,
-                "metric": entry.metric,
-                # A correct GPU-lab result graded without a GPU has no metric, and says why.
-                "unranked": ((entry.job.result or {}).get("unranked", "") if entry.job else "")
-                if entry.metric is None
-                else "",
-                "job_id": entry.job_id,
-                "achieved_at": entry.achieved_at.isoformat(),
-            }
+    return [
+        _row(
+            rank,
+            student_id=e.student_id,
+            username=e.student.username,
+            score=e.score,
+            metric=e.metric,
+            job=e.job,
+            achieved_at=e.achieved_at,
         )
-    return rows
+        for rank, e in enumerate(entries, start=1)
+    ]
+
+
+def leaderboard_as_of(*, assignment: Assignment, when) -> list[dict]:
+    """The ranking of what students submitted by ``when``: each one's best result among those
+    submissions (their latest scored grading each; disqualified ones left out)."""
+    scored = Job.objects.filter(state__in=("succeeded", "failed", "timed_out"), score__isnull=False)
+    latest = scored.filter(submission=OuterRef("submission")).order_by("-attempt").values("pk")[:1]
+    students = Enrollment.objects.filter(course_id=assignment.course_id, role=Enrollment.Role.STUDENT)
+    jobs = (
+        scored.filter(
+            submission__assignment=assignment,
+            submission__created_at__lte=when,
+            submission__disqualified_at__isnull=True,
+            submission__student_id__in=students.values("user_id"),
+            pk=Subquery(latest),
+        )
+        .select_related("submission__student")
+        .order_by("finished_at", "pk")
+    )
+    direction = assignment.lab.metric_direction or "higher"
+    best: dict[int, Job] = {}
+    for job in jobs:
+        held = best.get(job.submission.student_id)
+        if held is None or better(score=job.score, metric=job.metric, than=held, direction=direction):
+            best[job.submission.student_id] = job
+
+    def order(job: Job):
+        metric = job.metric
+        missing = metric is None
+        key = 0.0 if missing else (metric if direction == "lower" else -metric)
+        return (-job.score, missing, key, job.finished_at)
+
+    ranked = sorted(best.values(), key=order)
+    return [
+        _row(
+            rank,
+            student_id=j.submission.student_id,
+            username=j.submission.student.username,
+            score=j.score,
+            metric=j.metric,
+            job=j,
+            achieved_at=j.finished_at,
+        )
+        for rank, j in enumerate(ranked, start=1)
+    ]

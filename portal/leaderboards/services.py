@@ -9,7 +9,7 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 from django.db.models import OuterRef, Subquery
 
-from portal.courses.models import Enrollment
+from portal.access import is_ranked
 from portal.leaderboards.models import LeaderboardEntry
 from portal.submissions.models import Job
 
@@ -20,7 +20,8 @@ def leaderboard_group(assignment_id: int) -> str:
     return f"leaderboard_{assignment_id}"
 
 
-def _better(*, score: float, metric: float | None, than: LeaderboardEntry, direction: str) -> bool:
+def better(*, score: float, metric: float | None, than, direction: str) -> bool:
+    """Whether a result beats ``than`` (an entry or a job): a higher score, then the better metric."""
     if score != than.score:
         return score > than.score
     if metric is None:
@@ -36,16 +37,14 @@ def leaderboard_record_job(*, job) -> LeaderboardEntry | None:
     assignment = submission.assignment
     if job.score is None or submission.disqualified_at is not None:
         return None
-    if not Enrollment.objects.filter(
-        course_id=assignment.course_id, user_id=submission.student_id, role=Enrollment.Role.STUDENT
-    ).exists():
+    if not is_ranked(course_id=assignment.course_id, user_id=submission.student_id):
         return None
     entry = (
         LeaderboardEntry.objects.select_for_update()
         .filter(assignment=assignment, student_id=submission.student_id)
         .first()
     )
-    if entry is not None and not _better(
+    if entry is not None and not better(
         score=job.score, metric=job.metric, than=entry, direction=assignment.lab.metric_direction or "higher"
     ):
         return entry

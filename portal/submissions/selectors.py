@@ -1,19 +1,13 @@
-"""Reads on submissions and jobs, with who-may-see-what in one place."""
+"""Reads on submissions and jobs, each filtered by portal/access.py's rules."""
 
 from __future__ import annotations
 
 from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Prefetch, QuerySet
 
+from portal.access import can_view_submission
 from portal.courses.models import Assignment
-from portal.courses.selectors import is_course_staff
 from portal.submissions.models import Job, JobEvent, Submission
-
-
-def can_view_submission(*, user: User | AnonymousUser, submission: Submission) -> bool:
-    if not user.is_authenticated:
-        return False
-    return submission.student_id == user.pk or is_course_staff(course=submission.assignment.course, user=user)
 
 
 def submission_for_viewer(*, submission_id: int, user: User) -> Submission | None:

@@ -20,12 +20,12 @@ from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import RedisError
 
 from labs.protocol import JobMessage, JobResult, ProtocolError, Task, Verdict
+from portal.access import course_role
 from portal.celery import app as celery_app
 from portal.courses import policies
 from portal.courses.audit import Action as AuditAction
 from portal.courses.audit import audit
 from portal.courses.models import Assignment, Enrollment
-from portal.courses.selectors import course_role
 from portal.leaderboards.services import leaderboard_rebuild, leaderboard_record_job
 from portal.submissions import streams
 from portal.submissions.models import Job, JobEvent, Submission, SubmissionFile

@@ -5,8 +5,8 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from portal.access import can_manage_course, is_course_staff
 from portal.courses.policies import late_penalty_percent
-from portal.courses.selectors import can_manage_course, is_course_staff
 from portal.submissions.selectors import (
     job_for_viewer,
     job_latest,

@@ -1,16 +1,24 @@
-"""Who may open which page: every URL route x anonymous, a student of the course, a student of
-another course, the course's TA, its instructor, and a site admin (GET). A route added without a
-row here fails ``test_every_route_has_a_row``. Websocket routes are covered in test_live_stream.py.
+"""Who may open which page or websocket: every URL and websocket route x anonymous, a student of
+the course, a student of another course, the course's TA, its instructor, and a site admin (GET,
+or a websocket connect). A route added without a row here fails ``test_every_route_has_a_row``.
 
-``login``: sent to the login page; a number: that status code.
+``login``: sent to the login page; a number: that status code; ``open`` / ``refused``: the
+websocket's answer.
 """
 
 from __future__ import annotations
 
 import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
+from portal.asgi import application
 from portal.catalog.models import LabUpload
+from portal.courses.services import assignment_create
+from portal.routing import websocket_urlpatterns
 from portal.submissions.models import Rejudge
 from portal.submissions.services import submission_create
 from tests.factories import CourseFactory, UserFactory
@@ -41,6 +49,7 @@ MATRIX = {
     "courses:course_new": ADMINS,
     "courses:course": COURSE,
     "courses:roster": MANAGERS,
+    "courses:nickname": {**dict.fromkeys(ROLES, 405), "anonymous": "login"},  # POST only
     "courses:staff_assignments": MANAGERS,
     "courses:staff_assignment_edit": MANAGERS,
     "courses:course_settings": MANAGERS,
@@ -52,7 +61,7 @@ MATRIX = {
     "courses:rejudge": MANAGERS,
     "courses:assignment": COURSE,
     "courses:starter": COURSE,
-    "courses:leaderboard": COURSE,
+    "leaderboards:leaderboard": COURSE,
     "courses:staff_submissions": STAFF,
 }
 
@@ -70,6 +79,17 @@ def _route_names(resolver: URLResolver | None = None, namespace: str | None = No
 
 def test_every_route_has_a_row():
     assert _route_names() == set(MATRIX)
+    assert {str(route.pattern) for route in websocket_urlpatterns} == {pattern for pattern, _ in WS_MATRIX}
+
+
+OPEN, REFUSED = "open", "refused"
+WS_COURSE = {**dict.fromkeys(ROLES, OPEN), "anonymous": REFUSED, "other_student": REFUSED}
+WS_STAFF = {**WS_COURSE, "student": REFUSED}
+WS_MATRIX = {
+    ("ws/jobs/<int:job_id>/", "alice's job"): WS_COURSE,
+    ("ws/assignments/<int:assignment_id>/leaderboard/", "a visible assignment"): WS_COURSE,
+    ("ws/assignments/<int:assignment_id>/leaderboard/", "a hidden assignment"): WS_STAFF,
+}
 
 
 @pytest.fixture
@@ -93,6 +113,7 @@ def world(cast, custom_op, django_capture_on_commit_callbacks):
         "submissions:job_status": [submission.jobs.get().pk],
         "courses:course": [course],
         "courses:roster": [course],
+        "courses:nickname": [course],
         "courses:staff_assignments": [course],
         "courses:staff_assignment_edit": [course, slug],
         "courses:course_settings": [course],
@@ -104,7 +125,7 @@ def world(cast, custom_op, django_capture_on_commit_callbacks):
         "courses:rejudge": [course, rejudge.pk],
         "courses:assignment": [course, slug],
         "courses:starter": [course, slug],
-        "courses:leaderboard": [course, slug],
+        "leaderboards:leaderboard": [course, slug],
         "courses:staff_submissions": [course, slug],
     }
     people = {
@@ -130,4 +151,45 @@ def test_each_role_gets_what_the_matrix_says(client, world, role):
         if status == 302 and "/accounts/login/" in response.url:
             status = "login"
         got[name], wanted[name] = status, row[role]
+    assert got == wanted
+
+
+def _ws_world(cast, custom_op):
+    hidden = assignment_create(
+        course=custom_op.course, lab=custom_op.lab, slug="hidden", due_at=custom_op.due_at, is_visible=False
+    )
+    world = {}
+    job = submission_create(student=cast["alice"], assignment=custom_op, files={"linear_op.py": "x = 1\n"}).jobs.get()
+    paths = {
+        "alice's job": f"/ws/jobs/{job.pk}/",
+        "a visible assignment": f"/ws/assignments/{custom_op.pk}/leaderboard/",
+        "a hidden assignment": f"/ws/assignments/{hidden.pk}/leaderboard/",
+    }
+    other = CourseFactory(slug="other")
+    olga = UserFactory(username="olga")
+    other.enrollments.create(user=olga, role="student")
+    root = UserFactory(username="root", is_superuser=True)
+    people = {"student": cast["alice"], "other_student": olga, "ta": cast["tariq"], "instructor": cast["ines"]}
+    for role, user in {**people, "admin": root}.items():
+        client = Client()
+        client.force_login(user)
+        world[role] = [
+            (b"cookie", f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode())
+        ]
+    world["anonymous"] = []
+    return paths, world
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_each_role_gets_what_the_websocket_matrix_says(cast, custom_op):
+    paths, headers = await database_sync_to_async(_ws_world)(cast, custom_op)
+    got, wanted = {}, {}
+    for (_, what), row in WS_MATRIX.items():
+        for role in ROLES:
+            communicator = WebsocketCommunicator(
+                application, paths[what], headers=[*headers[role], (b"origin", b"http://testserver")]
+            )
+            connected, _ = await communicator.connect(timeout=5)
+            got[(what, role)], wanted[(what, role)] = OPEN if connected else REFUSED, row[role]
+            await communicator.disconnect()
     assert got == wanted

@@ -172,7 +172,7 @@ def test_a_correct_gpu_result_without_a_gpu_worker_is_listed_unranked(cast, priv
         ("bob", None, "no GPU worker"),
     ]
     client.force_login(cast["ines"])
-    page = client.get(reverse("courses:leaderboard", args=[cast["course"].slug, vector_add.slug])).content.decode()
+    page = client.get(reverse("leaderboards:leaderboard", args=[cast["course"].slug, vector_add.slug])).content.decode()
     assert "unranked: no GPU worker" in page
 
 
