@@ -1,13 +1,16 @@
 """An instructor in headless Chromium: assign a lab, import a roster (previewing the file before
-anything changes), give the course grace days and grant an extension from the staff pages; then a
-student sees their own due time, grace days and quota, with their local time beside the course's."""
+anything changes), give the course grace days, grant an extension and export the gradebook from the
+staff pages; then a student sees their own due time, grace days and quota, with their local time beside the course's."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from django.db import connections
 
 from portal.courses.models import Assignment, Enrollment
+from portal.submissions.models import Job, Submission
 from tests.conftest import PASSWORD
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
@@ -77,6 +80,25 @@ def test_an_instructor_runs_the_course_and_a_student_sees_their_standing(
     page.wait_for_selector("text=for 1 (alice)")
     assert page.locator("#extensions td", has_text="medical note").count() == 1
     page.screenshot(path=str(tmp_path / "extensions.png"), full_page=True)
+
+    graded = Submission.objects.create(assignment=custom_op, student=cast["bob"])
+    Job.objects.create(
+        submission=graded, seed=1, lab_version=1, state="succeeded", score=75.0, finished_at=graded.created_at
+    )
+    page.goto(f"{base}/courses/{course.slug}/")
+    page.click("text=Gradebook")
+    assert page.locator("#gradebook tr[data-student]").count() == 4  # alice, bob, carol and ada
+    with page.expect_download() as download:
+        page.click("#export")
+    exported = Path(download.value.path()).read_text().splitlines()
+    assert download.value.suggested_filename == f"{course.slug}-grades.csv"
+    assert exported == [
+        "username,email,section,hw2,custom-op",  # by due time; empty: no graded submission
+        "ada,ada@uni.edu,A,,",
+        "alice,alice@example.edu,,,",
+        "bob,bob@example.edu,,,75",
+        "carol,carol@example.edu,,,",
+    ]
 
     student = browser.new_context(timezone_id="Asia/Tokyo").new_page()  # the course's zone is UTC
     student.goto(f"{base}/accounts/login/")
