@@ -6,6 +6,8 @@ functions ran faster: a busy machine decides that.
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from gpu_runner import timing
@@ -49,7 +51,9 @@ def affine(x, w, b):
     )
     assert (result["verdict"], result["reason"]) == ("failed", "wrong_answer")
     message = _tests(result)["benchmark"]["message"]
-    assert "timed call 1 of 8 returned a wrong 'out'" in message, message
+    # Each call is caught unless its probe happens to land within tolerance (about 1 in 400 for a
+    # call here); CI once saw call 1 slip through and call 2 caught, so any call may be the first.
+    assert re.search(r"timed call [1-8] of 8 returned a wrong 'out'", message), message
     assert result["metric"] is None
 
 
