@@ -9,6 +9,7 @@ from django.utils.text import slugify
 from portal.catalog.models import Lab
 from portal.courses.models import Assignment, Course
 from portal.courses.policies import LatePolicy
+from portal.courses.selectors import student_sections
 
 POLICY_DEFAULTED = ("late_policy", "late_penalty_per_day", "late_penalty_cap", "counts")
 WHEN = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
@@ -133,11 +134,7 @@ class ExtensionForm(forms.Form):
         self.scope = section
         self.fields["assignment"].queryset = course.assignments.order_by("due_at")
         self.fields["assignment"].to_field_name = "slug"
-        sections = sorted(
-            set(course.enrollments.filter(role="student").exclude(section="").values_list("section", flat=True))
-        )
-        if section is not None:
-            sections = [section]
+        sections = [section] if section is not None else student_sections(course=course)
         self.fields["section"].choices = [("", "(none)"), *((s, s) for s in sections)]
         for name in ("due_at", "cutoff_at"):
             self.fields[name].input_formats = ["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"]

@@ -10,14 +10,12 @@ from dataclasses import dataclass, field
 
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import OuterRef, Subquery
 
 from portal.courses.audit import Action, audit
 from portal.courses.models import Assignment, Course, Enrollment, GradeOverride
 from portal.courses.policies import Grade, Graded, grade_for
-from portal.submissions.models import Job, Submission
+from portal.submissions.models import Job
 
-SCORED = (Job.State.SUCCEEDED, Job.State.FAILED, Job.State.TIMED_OUT)
 FIXED_COLUMNS = ["username", "email", "section"]
 
 
@@ -25,20 +23,21 @@ def graded_submissions(*, assignments: list[Assignment], student_ids: list[int] 
     """Each (student, assignment)'s graded submissions, not disqualified, with the score of their
     latest grading that finished with one (a rejudge's replaces the first; one still in progress,
     an infrastructure error or a cancelled one has none)."""
-    scored = Job.objects.filter(submission=OuterRef("pk"), state__in=SCORED, score__isnull=False)
-    submissions = (
-        Submission.objects.filter(assignment__in=assignments, disqualified_at__isnull=True)
-        .annotate(score=Subquery(scored.order_by("-attempt").values("score")[:1]))
-        .filter(score__isnull=False)
-        .values("pk", "assignment_id", "student_id", "created_at", "score", "late_days", "marked_final")
-    )
+    results = Job.results().filter(submission__assignment__in=assignments, submission__disqualified_at__isnull=True)
     if student_ids is not None:
-        submissions = submissions.filter(student_id__in=student_ids)
+        results = results.filter(submission__student_id__in=student_ids)
+    rows = results.values_list(
+        "submission_id",
+        "submission__assignment_id",
+        "submission__student_id",
+        "submission__created_at",
+        "score",
+        "submission__late_days",
+        "submission__marked_final",
+    )
     found: dict[tuple[int, int], list[Graded]] = defaultdict(list)
-    for s in submissions:
-        found[(s["student_id"], s["assignment_id"])].append(
-            Graded(s["pk"], s["created_at"], s["score"], s["late_days"], s["marked_final"])
-        )
+    for sid, assignment_id, student_id, created_at, score, late_days, marked in rows:
+        found[(student_id, assignment_id)].append(Graded(sid, created_at, score, late_days, marked))
     return found
 
 
@@ -68,9 +67,6 @@ class Gradebook:
     course: Course
     assignments: list[Assignment]
     rows: list[Row]
-
-    def sections(self) -> list[str]:
-        return sorted({r.enrollment.section for r in self.rows if r.enrollment.section})
 
 
 def gradebook(*, course: Course, section: str | None = None, assignment_slug: str | None = None) -> Gradebook:

@@ -55,6 +55,10 @@ class Course(models.Model):
     def tz(self) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo(self.time_zone)
 
+    def local(self, when) -> str:
+        """A time as messages and the audit log say it: in the course's time zone."""
+        return f"{timezone.localtime(when, self.tz):%Y-%m-%d %H:%M %Z}"
+
 
 class Enrollment(models.Model):
     class Role(models.TextChoices):

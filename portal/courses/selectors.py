@@ -24,6 +24,23 @@ def assignments_for_user(*, course: Course, user: User) -> QuerySet[Assignment]:
     return assignments.filter(is_visible=True, opens_at__lte=timezone.now())
 
 
+def student_sections(*, course: Course) -> list[str]:
+    """The sections the course's students are in, sorted."""
+    sections = course.enrollments.filter(role="student").exclude(section="").values_list("section", flat=True)
+    return sorted(set(sections))
+
+
+def changed_fields(model, pk: int, fields: list[str]):
+    """Call before a form saves an instance: returns a function that, after the save, lists which
+    of ``fields`` the save changed (read from the database, not from what the form was sent)."""
+    before = model.objects.filter(pk=pk).values(*fields).get()
+
+    def after(instance) -> list[str]:
+        return [name for name in fields if instance.serializable_value(name) != before[name]]
+
+    return after
+
+
 def assignment_for_user(*, course_slug: str, assignment_slug: str, user: User) -> Assignment | None:
     assignment = (
         Assignment.objects.select_related("course", "lab")

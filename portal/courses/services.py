@@ -7,7 +7,6 @@ from datetime import datetime
 
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.utils import timezone
 
 from portal.catalog.models import Lab
 from portal.courses.audit import Action, audit
@@ -43,10 +42,6 @@ def assignment_create(
     return Assignment.objects.create(course=course, slug=slug or lab.slug.replace("_", "-"), **fields)
 
 
-def _when(course: Course, when: datetime | None) -> str:
-    return f"{timezone.localtime(when, course.tz):%Y-%m-%d %H:%M %Z}" if when else "none"
-
-
 @transaction.atomic
 def extension_grant(
     *,
@@ -74,7 +69,7 @@ def extension_grant(
         course=course,
         actor=granted_by,
         action=Action.EXTENSION_GRANT,
-        summary=f"{assignment.title}: due {_when(course, due_at)} for {names} ({reason})"[:500],
+        summary=f"{assignment.title}: due {course.local(due_at)} for {names} ({reason})"[:500],
         assignment=assignment.slug,
         students=[s.username for s in students],
         due_at=due_at.isoformat(),
@@ -110,7 +105,7 @@ def assignment_saved(*, assignment: Assignment, actor: User, created: bool, chan
         course=course,
         actor=actor,
         action=Action.ASSIGNMENT,
-        summary=f"{assignment.title} ({assignment.lab.slug}) {what}; due {_when(course, assignment.due_at)}",
+        summary=f"{assignment.title} ({assignment.lab.slug}) {what}; due {course.local(assignment.due_at)}",
         assignment=assignment.slug,
         fields=changed,
     )

@@ -17,11 +17,17 @@ from portal.accounts.invitations import needs_invitation, send_invitation
 from portal.courses.audit import Action, audit
 from portal.courses.forms import AssignmentForm, CourseForm, CourseSettingsForm, ExtensionForm, OverrideForm
 from portal.courses.gradebook import export_csv, grade_of, gradebook, override_set, sort_rows
-from portal.courses.models import Course, Extension
+from portal.courses.models import Assignment, Course, Extension
 from portal.courses.policies import grace_days_spent, window_for
 from portal.courses.roster import MAX_BYTES as ROSTER_MAX_BYTES
 from portal.courses.roster import RosterError, audit_import, import_roster, import_rows, invite_new_accounts
-from portal.courses.selectors import assignment_for_user, assignments_for_user, courses_for_user
+from portal.courses.selectors import (
+    assignment_for_user,
+    assignments_for_user,
+    changed_fields,
+    courses_for_user,
+    student_sections,
+)
 from portal.courses.services import (
     NicknameRefused,
     assignment_saved,
@@ -33,7 +39,7 @@ from portal.submissions.forms import SubmitForm
 from portal.submissions.models import Job, Rejudge
 from portal.submissions.rejudge import RejudgeRefused, rejudge_progress, rejudge_start
 from portal.submissions.selectors import submissions_for_assignment
-from portal.submissions.services import SubmissionRefused, submission_create, submission_refusal
+from portal.submissions.services import SubmissionRefused, submission_create
 from portal.submissions.standing import grace_days_by_assignment, standing_for
 
 
@@ -141,12 +147,10 @@ def staff_assignment_edit(request, course_slug: str, assignment_slug: str):
     assignment = get_object_or_404(course.assignments, slug=assignment_slug)
     form = AssignmentForm(request.POST or None, instance=assignment, course=course)
     if request.method == "POST" and form.is_valid():
-        fields = AssignmentForm.Meta.fields
         with transaction.atomic():
-            before = course.assignments.filter(pk=assignment.pk).values(*fields).get()
+            changed = changed_fields(Assignment, assignment.pk, AssignmentForm.Meta.fields)
             form.save()
-            changed = [name for name in fields if form.instance.serializable_value(name) != before[name]]
-            assignment_saved(assignment=assignment, actor=request.user, created=False, changed=changed)
+            assignment_saved(assignment=assignment, actor=request.user, created=False, changed=changed(assignment))
         messages.success(request, f"{assignment.title} saved.")
         return redirect("courses:staff_assignments", course_slug=course.slug)
     return render(
@@ -231,7 +235,7 @@ def assignment_detail(request, course_slug: str, assignment_slug: str):
                 return redirect("submissions:detail", submission_id=submission.pk)
     standing = None if is_staff else standing_for(assignment=assignment, student=request.user)
     grade = None if is_staff else grade_of(assignment=assignment, student=request.user)
-    refusal = submission_refusal(user=request.user, assignment=assignment) if standing is None else standing.refusal
+    refusal = standing.refusal if standing is not None else None  # staff may always test an assignment
     recent = submissions_for_assignment(assignment=assignment).filter(student=request.user)[:10]
     return render(
         request,
@@ -300,13 +304,10 @@ def course_settings(request, course_slug: str):
     course = _course_or_404(request, course_slug)
     form = CourseSettingsForm(request.POST or None, instance=course)
     if request.method == "POST" and form.is_valid():
-        fields = CourseSettingsForm.Meta.fields
         with transaction.atomic():
-            before = Course.objects.filter(pk=course.pk).values(*fields).get()
+            changed = changed_fields(Course, course.pk, CourseSettingsForm.Meta.fields)
             form.save()
-            changes = {
-                name: str(getattr(course, name))[:200] for name in fields if getattr(course, name) != before[name]
-            }
+            changes = {name: str(getattr(course, name))[:200] for name in changed(course)}
             if changes:
                 audit(
                     course=course,
@@ -400,14 +401,10 @@ def gradebook_page(request, course_slug: str):
             done = "removed" if data["score"] is None else f"set to {data['score']:g}"
             messages.success(request, f"{data['student'].username} on {data['assignment'].title}: {done}.")
             return redirect(request.get_full_path())
-    section = section_scope(course=course, user=request.user) or request.GET.get("section") or None
+    scope = section_scope(course=course, user=request.user)
+    section = scope or request.GET.get("section") or None
     book = gradebook(course=course, section=section)
     sort_rows(book, request.GET.get("sort", "username"))
-    all_sections = sorted(
-        set(course.enrollments.filter(role="student").exclude(section="").values_list("section", flat=True))
-    )
-    if section_scope(course=course, user=request.user) is not None:
-        all_sections = [section]
     return render(
         request,
         "courses/gradebook.html",
@@ -415,7 +412,7 @@ def gradebook_page(request, course_slug: str):
             "course": course,
             "book": book,
             "section": section,
-            "sections": all_sections,
+            "sections": [scope] if scope else student_sections(course=course),
             "sort": request.GET.get("sort", "username"),
             "form": form,
         },

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import F, OuterRef, Subquery
+from django.db.models import F
 from django.utils import timezone
 
 from portal.access import is_course_staff
 from portal.courses.models import Assignment, Enrollment
 from portal.leaderboards.models import LeaderboardEntry
-from portal.leaderboards.services import better
+from portal.leaderboards.services import best_results
 from portal.submissions.models import Job
 
 
@@ -88,35 +88,16 @@ def leaderboard_for_assignment(*, assignment: Assignment) -> list[dict]:
 
 def leaderboard_as_of(*, assignment: Assignment, when) -> list[dict]:
     """The ranking of what students submitted by ``when``: each one's best result among those
-    submissions (their latest scored grading each; disqualified ones left out)."""
-    scored = Job.objects.filter(state__in=("succeeded", "failed", "timed_out"), score__isnull=False)
-    latest = scored.filter(submission=OuterRef("submission")).order_by("-attempt").values("pk")[:1]
+    submissions (disqualified ones left out)."""
     students = Enrollment.objects.filter(course_id=assignment.course_id, role=Enrollment.Role.STUDENT)
-    jobs = (
-        scored.filter(
-            submission__assignment=assignment,
-            submission__created_at__lte=when,
-            submission__disqualified_at__isnull=True,
-            submission__student_id__in=students.values("user_id"),
-            pk=Subquery(latest),
-        )
-        .select_related("submission__student")
-        .order_by("finished_at", "pk")
-    )
+    best = best_results(assignment=assignment, student_ids=students.values("user_id"), submitted_by=when)
     direction = assignment.lab.metric_direction or "higher"
-    best: dict[int, Job] = {}
-    for job in jobs:
-        held = best.get(job.submission.student_id)
-        if held is None or better(score=job.score, metric=job.metric, than=held, direction=direction):
-            best[job.submission.student_id] = job
 
     def order(job: Job):
-        metric = job.metric
-        missing = metric is None
-        key = 0.0 if missing else (metric if direction == "lower" else -metric)
+        missing = job.metric is None
+        key = 0.0 if missing else (job.metric if direction == "lower" else -job.metric)
         return (-job.score, missing, key, job.finished_at)
 
-    ranked = sorted(best.values(), key=order)
     return [
         _row(
             rank,
@@ -127,5 +108,5 @@ def leaderboard_as_of(*, assignment: Assignment, when) -> list[dict]:
             job=j,
             achieved_at=j.finished_at,
         )
-        for rank, j in enumerate(ranked, start=1)
+        for rank, j in enumerate(sorted(best.values(), key=order), start=1)
     ]

@@ -7,7 +7,6 @@ import logging
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
-from django.db.models import OuterRef, Subquery
 
 from portal.access import is_ranked
 from portal.leaderboards.models import LeaderboardEntry
@@ -57,27 +56,37 @@ def leaderboard_record_job(*, job) -> LeaderboardEntry | None:
     return entry
 
 
+def best_results(*, assignment, student_ids=None, submitted_by=None) -> dict[int, Job]:
+    """Each student's best result on the assignment, from scratch: among their submissions' results
+    (``Job.results``: a rejudge's replaces the first), disqualified ones left out; optionally only
+    some students, or only what was submitted by ``submitted_by``."""
+    jobs = Job.results().filter(submission__assignment=assignment, submission__disqualified_at__isnull=True)
+    if student_ids is not None:
+        jobs = jobs.filter(submission__student_id__in=student_ids)
+    if submitted_by is not None:
+        jobs = jobs.filter(submission__created_at__lte=submitted_by)
+    direction = assignment.lab.metric_direction or "higher"
+    best: dict[int, Job] = {}
+    for job in jobs.select_related("submission__student").order_by("finished_at", "pk"):
+        held = best.get(job.submission.student_id)
+        if held is None or better(score=job.score, metric=job.metric, than=held, direction=direction):
+            best[job.submission.student_id] = job
+    return best
+
+
 def leaderboard_rebuild(*, assignment, student_id: int) -> LeaderboardEntry | None:
     """Make the student's entry their best result again, from scratch: after a result of theirs
     was disqualified or reinstated, or regraded by a rejudge. No result left: no entry."""
-    LeaderboardEntry.objects.filter(assignment=assignment, student_id=student_id).delete()
-    entry = None
-    scored = Job.objects.filter(state__in=("succeeded", "failed", "timed_out"), score__isnull=False)
-    # a submission's result is its latest scored grading (a rejudge replaces the earlier one)
-    latest = scored.filter(submission=OuterRef("submission")).order_by("-attempt").values("pk")[:1]
-    candidates = (
-        scored.filter(
-            submission__assignment=assignment,
-            submission__student_id=student_id,
-            submission__disqualified_at__isnull=True,
-            pk=Subquery(latest),
-        )
-        .select_related("submission__assignment__lab")
-        .order_by("finished_at", "pk")
-    )
-    for job in candidates:
-        entry = leaderboard_record_job(job=job) or entry
+    job = best_results(assignment=assignment, student_ids=[student_id]).get(student_id)
     transaction.on_commit(lambda: leaderboard_announce(assignment_id=assignment.pk))
+    if job is None or not is_ranked(course_id=assignment.course_id, user_id=student_id):
+        LeaderboardEntry.objects.filter(assignment=assignment, student_id=student_id).delete()
+        return None
+    entry, _ = LeaderboardEntry.objects.update_or_create(
+        assignment=assignment,
+        student_id=student_id,
+        defaults={"job": job, "score": job.score, "metric": job.metric, "achieved_at": job.finished_at},
+    )
     return entry
 
 

@@ -75,6 +75,8 @@ class Job(models.Model):
         REJUDGE = "rejudge", "Rejudge"  # staff regrade: dispatched only when no submission waits
 
     FINAL_STATES = frozenset({State.SUCCEEDED, State.FAILED, State.ERROR, State.TIMED_OUT, State.CANCELLED})
+    # gradings that ended with a score of the submission's own (not the infrastructure's fault)
+    SCORED_STATES = frozenset({State.SUCCEEDED, State.FAILED, State.TIMED_OUT})
     ACTIVE_STATES = frozenset({State.QUEUED, State.DISPATCHED, State.RUNNING})
 
     submission = models.ForeignKey(Submission, on_delete=models.CASCADE, related_name="jobs")
@@ -111,6 +113,14 @@ class Job(models.Model):
     @property
     def is_final(self) -> bool:
         return self.state in self.FINAL_STATES
+
+    @classmethod
+    def results(cls) -> models.QuerySet:
+        """Each submission's result: its latest grading that ended with a score (a rejudge's
+        replaces the first; one in progress, errored or cancelled is none)."""
+        scored = cls.objects.filter(state__in=cls.SCORED_STATES, score__isnull=False)
+        latest = scored.filter(submission=models.OuterRef("submission")).order_by("-attempt").values("pk")[:1]
+        return scored.filter(pk=models.Subquery(latest))
 
     @property
     def events_stream(self) -> str:

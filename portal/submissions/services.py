@@ -29,7 +29,6 @@ from portal.courses.models import Assignment, Enrollment
 from portal.leaderboards.services import leaderboard_rebuild, leaderboard_record_job
 from portal.submissions import streams
 from portal.submissions.models import Job, JobEvent, Submission, SubmissionFile
-from portal.submissions.standing import format_when as standing_format
 from portal.submissions.standing import standing_for, windows_by_student
 
 log = logging.getLogger(__name__)
@@ -48,17 +47,6 @@ class SubmissionRefused(Exception):
 
 class JobStateError(Exception):
     pass
-
-
-def submission_refusal(*, user: User, assignment: Assignment, now: datetime | None = None) -> str | None:
-    """Why ``user`` may not submit to ``assignment`` now (None: they may). Staff may always test an
-    assignment: windows, late policies and quotas are the students'."""
-    role = course_role(course=assignment.course, user=user)
-    if role is None:
-        return "You are not enrolled in this course."
-    if role != "student":
-        return None
-    return standing_for(assignment=assignment, student=user, now=now).refusal
 
 
 def check_submission_files(*, assignment: Assignment, files: dict[str, bytes]) -> dict[str, str]:
@@ -104,13 +92,17 @@ def submission_create(
     last one of a quota. If the broker is down the job simply stays queued; the sweeper dispatches
     it later.
     """
-    Enrollment.objects.select_for_update().filter(course_id=assignment.course_id, user=student).first()
-    now = timezone.now()
-    refusal = submission_refusal(user=student, assignment=assignment, now=now)
-    if refusal is not None:
-        raise SubmissionRefused(refusal)
-    window = policies.window_for(assignment, assignment.extensions.filter(student=student).first())
-    late_days = policies.days_late(now, window.due_at)
+    role = course_role(course=assignment.course, user=student)
+    if role is None:
+        raise SubmissionRefused("You are not enrolled in this course.")
+    if role == "student":  # staff may always test an assignment: windows and quotas are the students'
+        Enrollment.objects.select_for_update().filter(course_id=assignment.course_id, user=student).first()
+        standing = standing_for(assignment=assignment, student=student)
+        if standing.refusal is not None:
+            raise SubmissionRefused(standing.refusal)
+        late_days = standing.acceptance.late_days
+    else:
+        late_days = policies.days_late(timezone.now(), assignment.due_at)
     submission = Submission.objects.create(
         assignment=assignment, student=student, source=source, is_late=late_days > 0, late_days=late_days
     )
@@ -408,7 +400,7 @@ def submission_mark_final(*, submission: Submission, user: User, now: datetime |
     closes = window.closes_at(assignment.late_policy)
     if closes is not None and now > closes:
         raise SubmissionRefused(
-            f"Submissions closed on {standing_format(assignment)(closes)}; the submission that counts is fixed."
+            f"Submissions closed on {assignment.course.local(closes)}; the submission that counts is fixed."
         )
     Submission.objects.filter(assignment=assignment, student=user, marked_final=True).update(marked_final=False)
     Submission.objects.filter(pk=submission.pk).update(marked_final=True)

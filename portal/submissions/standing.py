@@ -73,11 +73,6 @@ class Standing:
         return policies.late_penalty_percent(self.assignment, self.acceptance.late_days)
 
 
-def format_when(assignment: Assignment):
-    tz = assignment.course.tz
-    return lambda when: f"{timezone.localtime(when, tz):%Y-%m-%d %H:%M %Z}"
-
-
 def standing_for(*, assignment: Assignment, student: User, now: datetime | None = None) -> Standing:
     """The student's standing at ``now``: what they may submit and what it would cost."""
     now = now or timezone.now()
@@ -93,7 +88,7 @@ def standing_for(*, assignment: Assignment, student: User, now: datetime | None 
         assignment,
         window,
         now,
-        fmt=format_when(assignment),
+        fmt=assignment.course.local,
         grace_days_left=max(0, bank - spent),
         grace_days_spent_here=here,
     )
