@@ -227,7 +227,11 @@ def start(grading: Grading) -> launcher.ProcessOutcome:
         command,
         sandbox=sandbox.Sandbox(grading.config, folder, grading.limits, gpus),
         env=job_environment(folder, device=grading.device, interpreted=grading.interpreted),
-        on_output=lambda text: grading.sink.publish(EventType.LOG, {"stream": "output", "text": text}),
+        # ``inputs``: printed once the cases' inputs were in the sandbox, so it may show them; the
+        # portal withholds such output from a student while any test of theirs is hidden
+        on_output=lambda text: grading.sink.publish(
+            EventType.LOG, {"stream": "output", "text": text, "inputs": "imported" in grading.marks}
+        ),
         on_event=lambda event: collect(grading, event),
     )
 

@@ -470,7 +470,7 @@ def _start_cases(grading, indices: list[int]) -> Group:
     markers = [LineMarker(f"[rank {rank}] ") for rank in range(ranks)]
 
     def on_output(rank: int, text: str) -> None:
-        grading.sink.publish(EventType.LOG, {"stream": "output", "text": markers[rank](text)})
+        grading.sink.publish(EventType.LOG, {"stream": "output", "text": markers[rank](text), "inputs": True})
 
     def on_event(rank: int, event: dict) -> bytes | None:
         from gpu_runner.grading import collect  # as for a plain case's (imported here: no cycle at import)

@@ -9,6 +9,7 @@ portal runs it on a worker before an uploaded lab can be published.
 
 from __future__ import annotations
 
+import fnmatch
 import time
 from dataclasses import dataclass, field
 
@@ -98,7 +99,20 @@ def self_check_lab(lab: LabFolder, *, seed: int = 20261121, owner: str = "lab-ch
         checks.append(check)
         if on_checked:
             on_checked(check)
-    return lab_problems(lab), checks
+    return lab_problems(lab) + visibility_problems(lab, checks), checks
+
+
+def visibility_problems(lab: LabFolder, checks: list[SolutionReport]) -> list[str]:
+    """``[visibility]`` patterns that match none of the tests the solutions were graded on (a typo
+    would leave the test visible that the author meant to hide)."""
+    names = {t.get("name") for check in checks for t in check.result.get("tests", [])}
+    if not names:
+        return []
+    return [
+        f"[visibility] {pattern!r} matches none of the lab's tests ({', '.join(sorted(names))[:300]})"
+        for pattern, _ in lab.test_visibility
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names)
+    ]
 
 
 def _compare(solution: Solution, result: dict) -> list[str]:

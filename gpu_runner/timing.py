@@ -230,7 +230,7 @@ def _start(grading, role: str, world_size: int) -> rankgroup.Group:
 
     def on_output(rank: int, text: str) -> None:
         if role == "student":  # the same module prints again in this process: say which one it is
-            grading.sink.publish(EventType.LOG, {"stream": "output", "text": marked(text)})
+            grading.sink.publish(EventType.LOG, {"stream": "output", "text": marked(text), "inputs": True})
 
     return rankgroup.Group.start(grading, role=role, ranks=world_size, mode="timed", on_output=on_output, tag="t")
 

@@ -12,6 +12,7 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from types import ModuleType
 
@@ -24,6 +25,19 @@ UPLOADED_LABS_ROOT = Path(
 SLUG_RE = re.compile(r"^[a-z][a-z0-9_]{1,48}$")
 FILE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.py$")
 RESOURCE_CLASS_RE = re.compile(r"^(cpu|gpu|gpu\.x[2-8])$")
+MAX_VISIBILITY_RULES = 50
+
+
+class Visibility(StrEnum):
+    """What a student sees of a test (a lab's ``[visibility]``, overridable per assignment).
+
+    Hidden means name and points only, in every page, event and log line a student can reach
+    (docs/authoring-labs.md, "Hidden tests"); staff always see everything.
+    """
+
+    VISIBLE = "visible"
+    AFTER_DUE = "after_due"  # hidden until the student can no longer submit, then visible
+    HIDDEN = "hidden"  # hidden from students always
 
 
 class LabError(Exception):
@@ -87,6 +101,8 @@ class LabFolder:
     builds_extensions: bool = False  # [build] extensions: the submission compiles C++/CUDA with load_inline
     readme: str = field(default="", repr=False)
     content_hash: str = ""
+    # (test name pattern, Visibility) in order, first match wins; unmatched tests are visible
+    test_visibility: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_gpu(self) -> bool:
@@ -165,6 +181,23 @@ def _solution(name: str, kind: str, folder: Path, *, default_verdict: str) -> So
         limits=dict(limits),
         path=folder,
     )
+
+
+def visibility_rules(table, where: str) -> tuple[tuple[str, str], ...]:
+    """``{pattern: level}`` (a ``[visibility]`` table: shell-style patterns of test names, e.g.
+    ``"edge_*" = "after_due"``) as ordered rules; raises LabError naming the bad entry."""
+    if not isinstance(table, dict):
+        raise LabError(f"{where}: [visibility] must be a table of test name pattern = visible|after_due|hidden")
+    if len(table) > MAX_VISIBILITY_RULES:
+        raise LabError(f"{where}: [visibility] has {len(table)} rules; at most {MAX_VISIBILITY_RULES}")
+    rules = []
+    for pattern, level in table.items():
+        if not pattern.strip() or len(pattern) > 200:
+            raise LabError(f"{where}: [visibility] pattern {pattern[:40]!r} must be 1 to 200 characters")
+        if level not in tuple(Visibility):
+            raise LabError(f"{where}: [visibility] {pattern!r} = {str(level)[:40]!r}: use visible, after_due or hidden")
+        rules.append((pattern, str(level)))
+    return tuple(rules)
 
 
 def _load_toml(path: Path) -> dict:
@@ -258,6 +291,7 @@ def load_lab(path: Path | str) -> LabFolder:
         builds_extensions=build.get("extensions", False),
         readme=readme_path.read_text(encoding="utf-8"),
         content_hash=content_hash(folder),
+        test_visibility=visibility_rules(meta.get("visibility", {}), str(where)),
     )
 
 

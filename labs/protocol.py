@@ -50,7 +50,7 @@ class EventType(StrEnum):
     """A job's events, in its Redis Stream, each with ``seq``, ``type``, ``ts`` and ``data``."""
 
     STATUS = "status"  # {state, detail}
-    LOG = "log"  # {stream: "output" | "runner", text}
+    LOG = "log"  # {stream: "output" | "runner", text, inputs: bool (output printed once inputs were given)}
     TEST = "test"  # TestResult
     PROGRESS = "progress"  # {phase, done, total}
     RESULT = "result"  # {verdict, reason, score, metric, summary, output_tail}: the last event

@@ -24,6 +24,9 @@ class Lab(models.Model):
     readme = models.TextField(blank=True)
     readme_html = models.TextField(blank=True)
     starter_files = models.JSONField(default=dict)
+    test_visibility = models.JSONField(
+        default=list, blank=True, help_text="lab.toml's [visibility]: [pattern, level] pairs, first match wins"
+    )
     is_available = models.BooleanField(default=True, help_text="False once the folder is gone from labs/")
     synced_at = models.DateTimeField(auto_now=True)
 

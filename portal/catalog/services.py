@@ -40,6 +40,7 @@ def _fields(folder: LabFolder) -> dict:
         "readme": folder.readme,
         "readme_html": render_markdown(folder.readme),
         "starter_files": folder.starter_files(),
+        "test_visibility": [list(rule) for rule in folder.test_visibility],
         "is_available": True,
     }
 

@@ -8,7 +8,7 @@ from django.utils.text import slugify
 
 from portal.catalog.models import Lab
 from portal.courses.models import Assignment, Course
-from portal.courses.policies import LatePolicy
+from portal.courses.policies import LatePolicy, visibility_rules_format, visibility_rules_parse
 from portal.courses.selectors import student_sections
 
 POLICY_DEFAULTED = ("late_policy", "late_penalty_per_day", "late_penalty_cap", "counts")
@@ -17,6 +17,9 @@ WHEN = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H
 
 class AssignmentForm(forms.ModelForm):
     """Offer a published lab in a course, or change an assignment's window (its lab stays)."""
+
+    # the model's JSON rules, as staff type them: one "pattern = level" per line
+    test_visibility = forms.CharField(required=False, strip=False)
 
     class Meta:
         model = Assignment
@@ -34,8 +37,10 @@ class AssignmentForm(forms.ModelForm):
             "max_submissions",
             "submissions_per_hour",
             "counts",
+            "test_visibility",
         ]
         widgets = {"opens_at": WHEN, "due_at": WHEN, "cutoff_at": WHEN}
+
         help_texts = {
             "slug": "In the assignment's address; left empty, made from the lab's name.",
             "title": "Left empty, the lab's title.",
@@ -56,6 +61,23 @@ class AssignmentForm(forms.ModelForm):
             self.fields[name].required = False
         if self.instance.pk:
             self.fields["lab"].disabled = True  # its submissions were graded against this lab
+        visibility = self.fields["test_visibility"]
+        visibility.widget = forms.Textarea(attrs={"rows": 3, "cols": 50, "placeholder": "edge_* = after_due"})
+        visibility.label = "Test visibility"
+        lab_rules = visibility_rules_format(self.instance.lab.test_visibility) if self.instance.lab_id else ""
+        visibility.help_text = (
+            "One 'test name pattern = visible | after_due | hidden' per line, tried before the lab's own rules "
+            f"({'the lab has: ' + lab_rules.replace(chr(10), '; ') if lab_rules else 'the lab has none'}). "
+            "Hidden tests show students their name and points only; after_due ones show fully once the student "
+            "can no longer submit."
+        )
+        self.initial["test_visibility"] = visibility_rules_format(self.instance.test_visibility)
+
+    def clean_test_visibility(self) -> list[list[str]]:
+        try:
+            return visibility_rules_parse(self.cleaned_data.get("test_visibility") or "")
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
 
     def clean(self):
         data = super().clean()

@@ -113,6 +113,11 @@ class Assignment(models.Model):
         null=True, blank=True, help_text="At most this many in any rolling hour; empty: no rate limit"
     )
     counts = models.CharField("submission that counts", max_length=10, choices=Counts.CHOICES, default=Counts.BEST)
+    test_visibility = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="[pattern, level] pairs tried before the lab's own (policies.test_visibility)",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

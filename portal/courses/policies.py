@@ -7,9 +7,13 @@ its own and the views, the submit service and the gradebook apply the same one.
 
 from __future__ import annotations
 
+import fnmatch
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+from labs.catalog import MAX_VISIBILITY_RULES, Visibility
 
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
@@ -244,3 +248,150 @@ def grade_for(assignment, graded: list[Graded], override=None) -> Grade:
     if override is None:
         return Grade(counted, penalty, score)
     return Grade(counted, penalty, score, override.score, override.reason)
+
+
+# ------------------------------------------------------------------------------------------------
+# what a student sees of their tests
+# ------------------------------------------------------------------------------------------------
+
+VISIBILITY_CHOICES = [
+    (Visibility.VISIBLE, "Visible: outcome, message and time"),
+    (Visibility.AFTER_DUE, "Hidden until the student can no longer submit: name and points only until then"),
+    (Visibility.HIDDEN, "Hidden always: name and points only"),
+]
+# the worker's summaries name tests (gpu_runner/grading.py ``_verdict``), never a test's message
+FAILED_SUMMARY = re.compile(r"(\d+) of (\d+) tests failed: (.+)", re.DOTALL)
+DURING_TEST = re.compile(r"during test '([^'\n]{1,200})'")
+
+
+def test_visibility(name: str, *rule_lists) -> str:
+    """The level of test ``name``: the first rule whose shell-style pattern matches it, trying each
+    list in turn (an assignment's rules, then its lab's); visible when none does."""
+    for rules in rule_lists:
+        for pattern, level in rules or ():
+            if fnmatch.fnmatchcase(name, pattern):
+                return level
+    return Visibility.VISIBLE
+
+
+def hidden_patterns(*rule_lists) -> list[tuple[str, str]]:
+    """The patterns that hide tests from students, with their level, for the assignment page: each
+    rule in order whose own pattern is not decided by an earlier rule first."""
+    hidden = []
+    for rules in rule_lists:
+        for pattern, level in rules or ():
+            if level != Visibility.VISIBLE and test_visibility(pattern, *rule_lists) == level:
+                if (pattern, level) not in hidden:
+                    hidden.append((pattern, level))
+    return hidden
+
+
+def visibility_rules_parse(text: str) -> list[list[str]]:
+    """An assignment's override as staff type it, one ``pattern = level`` per line (blank lines and
+    ``#`` comments skipped); raises ValueError naming the line to fix."""
+    rules = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        pattern, equals, level = (part.strip().strip("\"'") for part in line.rpartition("="))
+        if not equals or not pattern:
+            raise ValueError(f"line {number}: write 'test name pattern = level', e.g. 'edge_* = after_due'")
+        if level not in tuple(Visibility):
+            raise ValueError(f"line {number}: {level[:40]!r} is not a level; use visible, after_due or hidden")
+        if len(pattern) > 200:
+            raise ValueError(f"line {number}: the pattern is longer than 200 characters")
+        rules.append([pattern, level])
+    if len(rules) > MAX_VISIBILITY_RULES:
+        raise ValueError(f"{len(rules)} rules; at most {MAX_VISIBILITY_RULES}")
+    return rules
+
+
+def visibility_rules_format(rules) -> str:
+    return "\n".join(f"{pattern} = {level}" for pattern, level in rules or ())
+
+
+def reveal_at(assignment, window: Window) -> datetime:
+    """When a student's ``after_due`` tests show: once they can no longer submit (their due time, or
+    their cutoff where late work is accepted until one)."""
+    return window.closes_at(assignment.late_policy) or window.due_at
+
+
+@dataclass(frozen=True)
+class TestView:
+    """What one viewer may see of one submission's tests, events and output.
+
+    Staff see ``everything``. A student sees a hidden test's name and points only; and since their
+    code holds every case's inputs once they are given (and may print them during any test), none
+    of the output it printed after that while any of their tests is hidden.
+    """
+
+    rules: tuple = ()  # the assignment's rules, then the lab's, as one ordered list
+    revealed: bool = False  # the after_due tests show now
+    everything: bool = True
+    shows: str = ""  # when the after_due tests show, for the student to read, e.g. "after 19 Jan 23:59 CET"
+
+    def level(self, name: str) -> str:
+        return test_visibility(name, self.rules)
+
+    def hides(self, name: str) -> bool:
+        if self.everything:
+            return False
+        level = self.level(name)
+        return level == Visibility.HIDDEN or (level == Visibility.AFTER_DUE and not self.revealed)
+
+    @property
+    def withholds_output(self) -> bool:
+        """Whether the student's output after the inputs arrived is withheld (some rule hides a test)."""
+        if self.everything:
+            return False
+        return any(
+            level == Visibility.HIDDEN or (level == Visibility.AFTER_DUE and not self.revealed)
+            for _, level in self.rules
+        )
+
+    def test(self, data: dict) -> dict:
+        """A test result (labs.protocol.TestResult as a dict) as this viewer sees it."""
+        name = data.get("name", "")
+        if not self.hides(name):
+            return data
+        when = self.shows if self.level(name) == Visibility.AFTER_DUE else ""
+        return {
+            "name": name,
+            "points": data.get("points"),
+            "outcome": "hidden",
+            "message": f"Hidden test: its result shows {when}." if when else "Hidden test: name and points only.",
+            "duration": 0.0,
+        }
+
+    def summary(self, text: str) -> str:
+        """A job's summary without the outcome of a hidden test."""
+        if not self.withholds_output or not text:
+            return text
+        failed = FAILED_SUMMARY.fullmatch(text.strip())
+        if failed:
+            names = failed.group(3).split(", ")
+            shown = [n for n in names if not self.hides(n)]
+            if len(shown) == len(names):
+                return text
+            head = (
+                f"{len(shown)} visible test{'s' if len(shown) != 1 else ''} failed: {', '.join(shown)}."
+                if shown
+                else ("The visible tests passed.")
+            )
+            when = f" (their results show {self.shows})" if self.shows else ""
+            return f"{head} Hidden tests count toward the score too{when}."
+        return DURING_TEST.sub(lambda m: "during a hidden test" if self.hides(m.group(1)) else m.group(0), text)
+
+    def event(self, event: dict) -> dict | None:
+        """A job event (labs.protocol.EventType) as this viewer sees it; None: not shown at all."""
+        if self.everything:
+            return event
+        kind, data = event.get("type"), event.get("data") or {}
+        if kind == "test":
+            return {**event, "data": self.test(data)}
+        if kind == "log" and data.get("stream") == "output" and data.get("inputs", True) and self.withholds_output:
+            return None
+        if kind == "result" and self.withholds_output:
+            return {**event, "data": {**data, "summary": self.summary(data.get("summary", "")), "output_tail": ""}}
+        return event

@@ -18,7 +18,7 @@ from portal.courses.audit import Action, audit
 from portal.courses.forms import AssignmentForm, CourseForm, CourseSettingsForm, ExtensionForm, OverrideForm
 from portal.courses.gradebook import export_csv, grade_of, gradebook, override_set, sort_rows
 from portal.courses.models import Assignment, Course, Extension
-from portal.courses.policies import grace_days_spent, window_for
+from portal.courses.policies import grace_days_spent, hidden_patterns, reveal_at, window_for
 from portal.courses.roster import MAX_BYTES as ROSTER_MAX_BYTES
 from portal.courses.roster import RosterError, audit_import, import_roster, import_rows, invite_new_accounts
 from portal.courses.selectors import (
@@ -250,6 +250,8 @@ def assignment_detail(request, course_slug: str, assignment_slug: str):
             "grade": grade,
             "recent": recent,
             "is_staff": is_staff,
+            "hidden_tests": hidden_patterns(assignment.test_visibility, assignment.lab.test_visibility),
+            "tests_shown_at": reveal_at(assignment, standing.window) if standing else assignment.due_at,
         },
         status=400 if request.method == "POST" else 200,
     )

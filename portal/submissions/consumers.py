@@ -1,6 +1,8 @@
 """Live job events over a websocket: authorize, replay from the client's last seen seq, follow.
 
-``/ws/jobs/<id>/?after=<seq>`` sends every event with seq > after, in order, exactly once: from
+``/ws/jobs/<id>/?after=<seq>`` sends every event with seq > after, in order, exactly once (as the
+viewer's TestView shows it: a hidden test's name and points only, none of a student's output while
+a test of theirs is hidden): from
 the job's Redis Stream while it lives, from the database archive once the job is done and the
 stream is gone. State changes the portal makes (dispatched, recorded) arrive on group ``job_<id>``.
 """
@@ -40,6 +42,7 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
         if access is None:
             await self.close(code=FORBIDDEN)
             return
+        self.view = access["view"]  # what this viewer may see of the job's tests and output
         await self.accept()
         await self.channel_layer.group_add(f"job_{self.job_id}", self.channel_name)
         self.follower = asyncio.create_task(self.follow(key=access["events_stream"], after=_after(self.scope)))
@@ -60,7 +63,9 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
                 try:
                     if not await client.exists(key):
                         # No stream: the job has not started yet, or it is over and archived.
-                        archived = await database_sync_to_async(job_archived_events)(job_id=self.job_id, after=last)
+                        archived = await database_sync_to_async(job_archived_events)(
+                            job_id=self.job_id, after=last, view=self.view
+                        )
                         for event in archived:
                             await self.send_json({"kind": "event", **event})
                             last = event["seq"]
@@ -88,7 +93,9 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
                 event = streams.decode_entry(fields)
                 if event["seq"] <= last:
                     continue
-                await self.send_json({"kind": "event", **event})
                 last = event["seq"]
                 finished = finished or event["type"] == EventType.RESULT
+                shown = self.view.event(event)
+                if shown is not None:
+                    await self.send_json({"kind": "event", **shown})
         return last, finished

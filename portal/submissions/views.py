@@ -8,12 +8,14 @@ from django.views.decorators.http import require_POST
 from portal.access import can_manage_course, is_course_staff
 from portal.courses.policies import late_penalty_percent
 from portal.submissions.selectors import (
+    job_archived_events,
     job_for_viewer,
     job_latest,
     job_queue_position,
     job_snapshot,
     submission_for_viewer,
     submissions_for_student,
+    test_view_for,
 )
 from portal.submissions.services import SubmissionRefused, submission_disqualify, submission_mark_final
 
@@ -24,7 +26,8 @@ def submission_detail(request, submission_id: int):
     if submission is None:
         raise Http404("No such submission, or it is not yours.")
     job = job_latest(submission=submission)
-    archived = list(job.events.order_by("seq").values("seq", "type", "ts", "data")) if job.events_archived else []
+    view = test_view_for(submission=submission, user=request.user)
+    archived = job_archived_events(job_id=job.pk, after=0, view=view) if job.events_archived else []
     timezone.activate(submission.assignment.course.tz)  # the middleware deactivates it after the response
     return render(
         request,
@@ -36,7 +39,10 @@ def submission_detail(request, submission_id: int):
             "job": job,
             "jobs": list(submission.jobs.all()),
             "queue_position": job_queue_position(job=job),
-            "snapshot": job_snapshot(job=job),
+            "snapshot": job_snapshot(job=job, view=view),
+            "summary": view.summary(job.summary),
+            "output_tail": "" if view.withholds_output else job.output_tail,
+            "output_withheld": view.withholds_output,
             "archived_events": archived,
             "is_staff": is_course_staff(course=submission.assignment.course, user=request.user),
             "late_penalty": late_penalty_percent(submission.assignment, submission.late_days),
@@ -55,7 +61,7 @@ def job_status(request, job_id: int):
     job = job_for_viewer(job_id=job_id, user=request.user)
     if job is None:
         return JsonResponse({"error": "no such job, or it is not yours"}, status=404)
-    return JsonResponse(job_snapshot(job=job))
+    return JsonResponse(job_snapshot(job=job, view=test_view_for(submission=job.submission, user=request.user)))
 
 
 @login_required

@@ -192,3 +192,20 @@ def test_forbidden_names_may_be_methods_of_classes():
         assert harness.original("torch.Tensor.softmax") is original
     finally:
         torch.Tensor.softmax = original
+
+
+def test_output_says_whether_it_was_printed_once_the_inputs_were_in_the_sandbox():
+    """The portal withholds output printed after the inputs arrived from a student with hidden tests
+    (policies.TestView): the import's output is marked as printed before, the cases' after."""
+    _, events = grade_source("""
+        import sys
+        print("at import", flush=True)
+        def double(x):
+            print(f"got {x}", flush=True)
+            return 2 * x
+    """)
+    output = [e["data"] for e in events if e["type"] == "log" and e["data"]["stream"] == "output"]
+    text = "".join(d["text"] for d in output)
+    assert "at import" in text and "got " in text
+    assert all(not d["inputs"] for d in output if "at import" in d["text"])
+    assert all(d["inputs"] for d in output if "got " in d["text"])

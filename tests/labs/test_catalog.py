@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import pytest
 
+from gpu_runner.selfcheck import SolutionReport, visibility_problems
 from labs.catalog import LabError, discover_labs, find_lab, load_lab
 from portal.catalog.models import Lab, LabVersion
 from portal.catalog.services import lab_sync_all
@@ -122,3 +124,15 @@ def test_expected_toml_is_validated(tmp_path):
         0,
     )
     assert solution.limits == {"wall_seconds": 5}
+
+
+def test_lab_check_names_a_visibility_pattern_that_matches_no_test():
+    lab = find_lab("quantization")
+    correct = next(s for s in lab.solutions() if s.kind == "correct")
+    graded = SolutionReport(correct, {"tests": [{"name": "quantize_clamp"}, {"name": "prune_mask_kept"}]}, 1.0)
+    assert visibility_problems(lab, [graded]) == []
+    typo = dataclasses.replace(lab, test_visibility=(("quantize_clmp", "hidden"), ("prune_*", "after_due")))
+    assert visibility_problems(typo, [graded]) == [
+        "[visibility] 'quantize_clmp' matches none of the lab's tests (prune_mask_kept, quantize_clamp)"
+    ]
+    assert visibility_problems(typo, []) == []  # nothing graded: nothing to compare with

@@ -1,4 +1,5 @@
-"""The course policies as plain functions: windows, lateness, penalties, grace days and quotas."""
+"""The course policies as plain functions: windows, lateness, penalties, grace days, quotas and
+what a student sees of their tests."""
 
 from __future__ import annotations
 
@@ -168,3 +169,109 @@ def test_an_override_wins_and_no_submission_is_no_grade():
     empty = policies.grade_for(assignment(counts=policies.Counts.BEST), [])
     assert (empty.counted, empty.final, empty.late_days) == (None, None, 0)
     assert policies.grade_for(assignment(counts=policies.Counts.BEST), [], override).final == 95.0
+
+
+# ------------------------------------------------------------------------------------------------
+# test visibility
+# ------------------------------------------------------------------------------------------------
+
+RULES = (("secret_*", "hidden"), ("edge", "after_due"))
+STUDENT = policies.TestView(rules=RULES, revealed=False, everything=False, shows="after 2027-03-01 18:00 CET")
+
+
+def test_the_first_matching_rule_wins_and_the_assignment_s_rules_come_before_the_lab_s():
+    assert policies.test_visibility("secret_1", RULES) == "hidden"
+    assert policies.test_visibility("edge", RULES) == "after_due"
+    assert policies.test_visibility("edge_2", RULES) == "visible"  # a pattern, not a prefix
+    assert policies.test_visibility("edge", [["edge", "visible"]], RULES) == "visible"
+    assert policies.test_visibility("secret_1", [], RULES) == "hidden"
+    assert policies.test_visibility("anything") == "visible"
+
+
+def test_staff_text_of_rules_parses_with_comments_and_names_the_bad_line():
+    text = "# edges after the due time\nedge_* = after_due\n\n 'secret' = hidden  # never\n"
+    assert policies.visibility_rules_parse(text) == [["edge_*", "after_due"], ["secret", "hidden"]]
+    assert policies.visibility_rules_format([["edge_*", "after_due"]]) == "edge_* = after_due"
+    with pytest.raises(ValueError, match="line 2: 'secret' is not a level"):
+        policies.visibility_rules_parse("a = hidden\nb = secret")
+    with pytest.raises(ValueError, match="line 1: write 'test name pattern = level'"):
+        policies.visibility_rules_parse("just a name")
+
+
+def test_after_due_tests_show_once_the_student_can_no_longer_submit():
+    window = policies.Window(T0 - 7 * D, T0 + D, T0 + 3 * D, extended=True)
+    assert policies.reveal_at(assignment(late_policy=LatePolicy.REFUSE), window) == T0 + D
+    assert policies.reveal_at(assignment(late_policy=LatePolicy.PENALTY), window) == T0 + 3 * D
+    no_cutoff = policies.Window(T0 - 7 * D, T0, None)
+    assert policies.reveal_at(assignment(late_policy=LatePolicy.GRACE), no_cutoff) == T0
+
+
+def test_a_hidden_test_shows_a_student_its_name_and_points_only():
+    failed = {"name": "secret_1", "points": 10.0, "outcome": "failed", "message": "input 42 gave 41", "duration": 0.5}
+    assert STUDENT.test(failed) == {
+        "name": "secret_1",
+        "points": 10.0,
+        "outcome": "hidden",
+        "message": "Hidden test: name and points only.",
+        "duration": 0.0,
+    }
+    edge = STUDENT.test({**failed, "name": "edge"})
+    assert (
+        edge["outcome"] == "hidden" and edge["message"] == "Hidden test: its result shows after 2027-03-01 18:00 CET."
+    )
+    visible = {**failed, "name": "plain"}
+    assert STUDENT.test(visible) == visible
+    revealed = policies.TestView(rules=RULES, revealed=True, everything=False)
+    assert revealed.test({**failed, "name": "edge"})["message"] == "input 42 gave 41"
+    assert revealed.test(failed)["outcome"] == "hidden"
+    assert policies.TestView().test(failed) == failed  # staff
+
+
+def test_a_student_s_output_once_the_inputs_arrived_is_withheld_while_a_test_is_hidden():
+    def log(text, inputs=None):
+        data = {"stream": "output", "text": text} | ({} if inputs is None else {"inputs": inputs})
+        return {"seq": 1, "type": "log", "ts": 0.0, "data": data}
+
+    assert STUDENT.event(log("importing\n", inputs=False)) == log("importing\n", inputs=False)
+    assert STUDENT.event(log("x = 42\n", inputs=True)) is None
+    assert STUDENT.event(log("an event from before the field existed\n")) is None
+    runner = {"seq": 2, "type": "log", "ts": 0.0, "data": {"stream": "runner", "text": "compiling\n"}}
+    assert STUDENT.event(runner) == runner
+    assert policies.TestView().event(log("x = 42\n", inputs=True))["data"]["text"] == "x = 42\n"
+    all_shown = policies.TestView(rules=(("edge", "after_due"),), revealed=True, everything=False)
+    assert not all_shown.withholds_output
+    assert all_shown.event(log("x = 42\n", inputs=True)) is not None
+    result = {
+        "seq": 3,
+        "type": "result",
+        "ts": 0.0,
+        "data": {"verdict": "failed", "summary": "ok", "output_tail": "42"},
+    }
+    assert STUDENT.event(result)["data"]["output_tail"] == ""
+
+
+@pytest.mark.parametrize(
+    ("summary", "shown"),
+    [
+        (
+            "3 of 5 tests failed: plain, secret_1, edge",
+            "1 visible test failed: plain. Hidden tests count toward the score too (their results show after "
+            "2027-03-01 18:00 CET).",
+        ),
+        (
+            "1 of 5 tests failed: secret_1",
+            "The visible tests passed. Hidden tests count toward the score too (their results show after "
+            "2027-03-01 18:00 CET).",
+        ),
+        ("2 of 5 tests failed: plain, other", "2 of 5 tests failed: plain, other"),
+        (
+            "Time limit exceeded: the job ran for more than 60 s during test 'secret_9'.",
+            "Time limit exceeded: the job ran for more than 60 s during a hidden test.",
+        ),
+        ("Your code crashed: the process exited with code 1 during test 'plain'.", None),
+        ("All 5 tests passed.", None),
+    ],
+)
+def test_a_summary_never_tells_a_student_how_a_hidden_test_went(summary, shown):
+    assert STUDENT.summary(summary) == (summary if shown is None else shown)
+    assert policies.TestView().summary(summary) == summary
