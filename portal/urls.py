@@ -10,5 +10,6 @@ urlpatterns = [
     path("", include("portal.catalog.urls")),
     path("", include("portal.submissions.urls")),
     path("", include("portal.leaderboards.urls")),
+    path("", include("portal.analytics.urls")),
     path("", include("portal.courses.urls")),
 ]

@@ -63,6 +63,7 @@ MATRIX = {
     "courses:starter": COURSE,
     "leaderboards:leaderboard": COURSE,
     "courses:staff_submissions": STAFF,
+    "analytics:assignment": STAFF,
 }
 
 
@@ -127,6 +128,7 @@ def world(cast, custom_op, django_capture_on_commit_callbacks):
         "courses:starter": [course, slug],
         "leaderboards:leaderboard": [course, slug],
         "courses:staff_submissions": [course, slug],
+        "analytics:assignment": [course, slug],
     }
     people = {
         "anonymous": None,
