@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 
@@ -13,3 +14,7 @@ urlpatterns = [
     path("", include("portal.analytics.urls")),
     path("", include("portal.courses.urls")),
 ]
+if settings.OIDC_ENABLED:  # single sign-on's oidc/ routes, only where it is configured (docs/deployment.md)
+    from portal.accounts.oidc import oidc_urlpatterns
+
+    urlpatterns += oidc_urlpatterns()

@@ -1,6 +1,20 @@
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
+
+
+class LoginView(auth_views.LoginView):
+    """Username and password, and a "Sign in with ..." button where single sign-on is configured
+    (portal/accounts/oidc.py); admins and invited accounts keep their passwords."""
+
+    template_name = "accounts/login.html"
+
+    def get_context_data(self, **kwargs):
+        return {
+            **super().get_context_data(**kwargs),
+            "sso_provider_name": settings.OIDC_ENABLED and settings.OIDC_PROVIDER_NAME,
+        }
 
 
 class InvitationView(auth_views.PasswordResetConfirmView):
@@ -17,7 +31,7 @@ class InvitationView(auth_views.PasswordResetConfirmView):
 
 app_name = "accounts"
 urlpatterns = [
-    path("login/", auth_views.LoginView.as_view(template_name="accounts/login.html"), name="login"),
+    path("login/", LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("invitation/<uidb64>/<token>/", InvitationView.as_view(), name="invitation"),
 ]

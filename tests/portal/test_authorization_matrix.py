@@ -22,6 +22,7 @@ from portal.routing import websocket_urlpatterns
 from portal.submissions.models import Rejudge
 from portal.submissions.services import submission_create
 from tests.factories import CourseFactory, UserFactory
+from tests.portal.test_oidc import configure_sso
 
 ROLES = ("anonymous", "student", "other_student", "ta", "instructor", "admin")
 EVERYONE = dict.fromkeys(ROLES, 200)
@@ -67,6 +68,14 @@ MATRIX = {
 }
 
 
+# Single sign-on's routes exist only where OIDC is configured at start-up (portal/urls.py), which the
+# suite is not: ``test_each_role_gets_what_the_sso_rows_say`` checks these rows with it configured.
+SSO_MATRIX = {
+    "oidc_authentication_init": dict.fromkeys(ROLES, 302),  # to the provider's login
+    "oidc_authentication_callback": dict.fromkeys(ROLES, "login"),  # without the provider's code
+}
+
+
 def _route_names(resolver: URLResolver | None = None, namespace: str | None = None) -> set[str]:
     names = set()
     for pattern in (resolver or get_resolver()).url_patterns:
@@ -79,7 +88,7 @@ def _route_names(resolver: URLResolver | None = None, namespace: str | None = No
 
 
 def test_every_route_has_a_row():
-    assert _route_names() == set(MATRIX)
+    assert _route_names() == set(MATRIX) | (set(SSO_MATRIX) if settings.OIDC_ENABLED else set())
     assert {str(route.pattern) for route in websocket_urlpatterns} == {pattern for pattern, _ in WS_MATRIX}
 
 
@@ -153,6 +162,24 @@ def test_each_role_gets_what_the_matrix_says(client, world, role):
         if status == 302 and "/accounts/login/" in response.url:
             status = "login"
         got[name], wanted[name] = status, row[role]
+    assert got == wanted
+
+
+def test_each_role_gets_what_the_sso_rows_say(world, settings):
+    configure_sso(settings, provider_url="http://127.0.0.1:9", discovery=False)  # nothing is asked of it
+    assert SSO_MATRIX.keys() <= _route_names()
+    _, people = world
+    got, wanted = {}, {}
+    for role, person in people.items():
+        client = Client()
+        if person is not None:
+            client.force_login(person)
+        for name, row in SSO_MATRIX.items():
+            response = client.get(reverse(name))
+            status = response.status_code
+            if status == 302 and "/accounts/login/" in response.url:
+                status = "login"
+            got[(name, role)], wanted[(name, role)] = status, row[role]
     assert got == wanted
 
 
