@@ -77,7 +77,7 @@ def main() -> int:
         for run in range(args.runs):
             started = time.perf_counter()
             page = client.post(
-                path,
+                path + "submit/",
                 data={"code": code, "csrfmiddlewaretoken": client.cookies["csrftoken"]},
                 headers={"Referer": f"http://127.0.0.1:{args.port}{path}"},
             )

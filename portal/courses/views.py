@@ -10,7 +10,7 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.text import slugify
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_POST, require_safe
 
 from portal.access import can_manage_course, course_role, is_course_staff, section_scope
 from portal.accounts.invitations import needs_invitation, send_invitation
@@ -39,7 +39,6 @@ from portal.submissions.forms import SubmitForm
 from portal.submissions.models import Job, Rejudge
 from portal.submissions.rejudge import RejudgeRefused, rejudge_progress, rejudge_start
 from portal.submissions.selectors import submissions_for_assignment
-from portal.submissions.services import SubmissionRefused, submission_create
 from portal.submissions.standing import grace_days_by_assignment, standing_for
 
 
@@ -218,21 +217,16 @@ def _assignment_or_404(request, course_slug: str, assignment_slug: str):
 
 
 @login_required
+@require_safe  # a submission posts to submissions:submit; a POST here is refused, not dropped
 def assignment_detail(request, course_slug: str, assignment_slug: str):
-    assignment = _assignment_or_404(request, course_slug, assignment_slug)
+    """An assignment's instructions, the student's standing and the submit form (which posts to
+    ``submissions:submit``)."""
+    return assignment_page(request, _assignment_or_404(request, course_slug, assignment_slug))
+
+
+def assignment_page(request, assignment: Assignment, *, form: SubmitForm | None = None, status: int = 200):
+    """Render the assignment page, with ``form`` (a refused submission's, showing why) or a new one."""
     is_staff = is_course_staff(course=assignment.course, user=request.user)
-    form = SubmitForm(assignment=assignment)
-    if request.method == "POST":
-        form = SubmitForm(request.POST, request.FILES, assignment=assignment)
-        if form.is_valid():
-            try:
-                submission = submission_create(
-                    student=request.user, assignment=assignment, files=form.decoded, source=form.source
-                )
-            except SubmissionRefused as exc:
-                messages.error(request, str(exc))
-            else:
-                return redirect("submissions:detail", submission_id=submission.pk)
     standing = None if is_staff else standing_for(assignment=assignment, student=request.user)
     grade = None if is_staff else grade_of(assignment=assignment, student=request.user)
     refusal = standing.refusal if standing is not None else None  # staff may always test an assignment
@@ -244,7 +238,7 @@ def assignment_detail(request, course_slug: str, assignment_slug: str):
             "assignment": assignment,
             "course": assignment.course,
             "lab": assignment.lab,
-            "form": form,
+            "form": form or SubmitForm(assignment=assignment),
             "refusal": refusal,
             "standing": standing,
             "grade": grade,
@@ -253,7 +247,7 @@ def assignment_detail(request, course_slug: str, assignment_slug: str):
             "hidden_tests": hidden_patterns(assignment.test_visibility, assignment.lab.test_visibility),
             "tests_shown_at": reveal_at(assignment, standing.window) if standing else assignment.due_at,
         },
-        status=400 if request.method == "POST" else 200,
+        status=status,
     )
 
 

@@ -7,6 +7,9 @@ from django.views.decorators.http import require_POST
 
 from portal.access import can_manage_course, is_course_staff
 from portal.courses.policies import late_penalty_percent
+from portal.courses.selectors import assignment_for_user
+from portal.courses.views import assignment_page
+from portal.submissions.forms import SubmitForm
 from portal.submissions.selectors import (
     job_archived_events,
     job_for_viewer,
@@ -17,7 +20,12 @@ from portal.submissions.selectors import (
     submissions_for_student,
     test_view_for,
 )
-from portal.submissions.services import SubmissionRefused, submission_disqualify, submission_mark_final
+from portal.submissions.services import (
+    SubmissionRefused,
+    submission_create,
+    submission_disqualify,
+    submission_mark_final,
+)
 
 
 @login_required
@@ -49,6 +57,27 @@ def submission_detail(request, submission_id: int):
             "can_disqualify": can_manage_course(course=submission.assignment.course, user=request.user),
         },
     )
+
+
+@login_required
+@require_POST
+def submit(request, course_slug: str, assignment_slug: str):
+    """Hand in files for grading; a refusal (window, quota, a bad file) re-renders the assignment
+    page with the reason and stores nothing."""
+    assignment = assignment_for_user(course_slug=course_slug, assignment_slug=assignment_slug, user=request.user)
+    if assignment is None:
+        raise Http404("No such assignment, or it is not open to you.")
+    form = SubmitForm(request.POST, request.FILES, assignment=assignment)
+    if form.is_valid():
+        try:
+            submission = submission_create(
+                student=request.user, assignment=assignment, files=form.decoded, source=form.source
+            )
+        except SubmissionRefused as exc:
+            messages.error(request, str(exc))
+        else:
+            return redirect("submissions:detail", submission_id=submission.pk)
+    return assignment_page(request, assignment, form=form, status=400)
 
 
 @login_required

@@ -65,9 +65,10 @@ def login(base_url: str, username: str) -> httpx.Client:
 
 
 def submit(client: httpx.Client, path: str, code: str) -> int:
-    """Paste ``code`` on the assignment page; returns the job id shown on the submission page."""
+    """Paste ``code`` on the assignment page at ``path`` (its form posts to ``<path>submit/``);
+    returns the job id shown on the submission page."""
     response = client.post(
-        path,
+        path.rstrip("/") + "/submit/",
         data={"code": code, "csrfmiddlewaretoken": client.cookies["csrftoken"]},
         headers={"Referer": str(client.base_url) + path},
     )

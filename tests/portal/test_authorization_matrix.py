@@ -41,6 +41,7 @@ MATRIX = {
     "catalog:uploads": LAB_MANAGERS,
     "catalog:upload": LAB_MANAGERS,
     "catalog:upload_action": {**dict.fromkeys(ROLES, 405), "anonymous": "login"},  # POST only
+    "submissions:submit": {**dict.fromkeys(ROLES, 405), "anonymous": "login"},  # POST only
     "submissions:mine": SIGNED_IN,
     "submissions:detail": COURSE,  # alice's submission: her own
     "submissions:mark_final": {**dict.fromkeys(ROLES, 405), "anonymous": "login"},  # POST only
@@ -117,6 +118,7 @@ def world(cast, custom_op, django_capture_on_commit_callbacks):
         "accounts:invitation": ["MQ", "no-such-token"],
         "catalog:upload": [upload.pk],
         "catalog:upload_action": [upload.pk, "check"],
+        "submissions:submit": [course, slug],
         "submissions:detail": [submission.pk],
         "submissions:mark_final": [submission.pk],
         "submissions:disqualify": [submission.pk],

@@ -27,7 +27,7 @@ def page(client, assignment) -> str:
 
 
 def submit(client, assignment):
-    url = reverse("courses:assignment", args=[assignment.course.slug, assignment.slug])
+    url = reverse("submissions:submit", args=[assignment.course.slug, assignment.slug])
     return client.post(url, {"code": "x = 1\n"})
 
 

@@ -35,7 +35,7 @@ CODE = {"linear_op.py": "x = 1\n"}
 def test_redis_down_at_submit_keeps_the_job_queued_and_dispatches_it_when_back(client, cast, custom_op, private_broker):
     private_broker.stop()
     client.force_login(cast["alice"])
-    url = reverse("courses:assignment", args=[custom_op.course.slug, custom_op.slug])
+    url = reverse("submissions:submit", args=[custom_op.course.slug, custom_op.slug])
     response = client.post(url, {"code": "x = 1\n"}, follow=True)
     page = html.unescape(response.content.decode())
     job = Job.objects.get()

@@ -19,7 +19,11 @@ from portal.submissions.models import Job, Submission
 CORRECT = (LABS_ROOT / "custom_op" / "solutions" / "correct" / "linear_op.py").read_text()
 
 
-def assignment_url(assignment):
+def submit_url(assignment):
+    return reverse("submissions:submit", args=[assignment.course.slug, assignment.slug])
+
+
+def page_url(assignment):
     return reverse("courses:assignment", args=[assignment.course.slug, assignment.slug])
 
 
@@ -40,21 +44,21 @@ def alice_client(client, cast):
     ids=["oversized", "wrong-name", "not-utf8", "empty"],
 )
 def test_bad_upload_is_refused_on_the_form_and_nothing_is_enqueued(alice_client, custom_op, upload, message):
-    response = alice_client.post(assignment_url(custom_op), {"files": [upload]})
+    response = alice_client.post(submit_url(custom_op), {"files": [upload]})
     assert response.status_code == 400
     assert message in html.unescape(response.content.decode())
     assert Submission.objects.count() == 0 and Job.objects.count() == 0
 
 
 def test_empty_form_is_refused(alice_client, custom_op):
-    response = alice_client.post(assignment_url(custom_op), {"code": "  "})
+    response = alice_client.post(submit_url(custom_op), {"code": "  "})
     assert "Nothing was submitted" in html.unescape(response.content.decode())
     assert Submission.objects.count() == 0
 
 
 def test_pasted_code_is_stored_and_its_job_dispatched(alice_client, custom_op, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
-        response = alice_client.post(assignment_url(custom_op), {"code": CORRECT})
+        response = alice_client.post(submit_url(custom_op), {"code": CORRECT})
     submission = Submission.objects.get()
     assert response.status_code == 302
     assert response.url == reverse("submissions:detail", args=[submission.pk])
@@ -67,7 +71,7 @@ def test_pasted_code_is_stored_and_its_job_dispatched(alice_client, custom_op, d
 
 def test_uploaded_file_is_accepted(alice_client, custom_op):
     upload = SimpleUploadedFile("linear_op.py", CORRECT.encode())
-    response = alice_client.post(assignment_url(custom_op), {"files": [upload]})
+    response = alice_client.post(submit_url(custom_op), {"files": [upload]})
     assert response.status_code == 302
     assert Submission.objects.get().source == "upload"
 
@@ -75,21 +79,28 @@ def test_uploaded_file_is_accepted(alice_client, custom_op):
 def test_closed_assignment_refuses_students(alice_client, custom_op):
     custom_op.due_at = timezone.now() - timedelta(minutes=1)
     custom_op.save()
-    response = alice_client.post(assignment_url(custom_op), {"code": CORRECT})
+    response = alice_client.post(submit_url(custom_op), {"code": CORRECT})
     assert "The deadline passed" in response.content.decode()
     assert Submission.objects.count() == 0
 
 
 def test_outsider_cannot_see_the_assignment(client, cast, custom_op):
     client.force_login(cast["outsider"])
-    assert client.get(assignment_url(custom_op)).status_code == 404
+    assert client.get(page_url(custom_op)).status_code == 404
+    assert client.post(submit_url(custom_op), {"code": CORRECT}).status_code == 404
+    assert Submission.objects.count() == 0
 
 
 def test_assignment_page_renders_instructions_and_starter(alice_client, custom_op):
-    page = alice_client.get(assignment_url(custom_op)).content.decode()
+    page = alice_client.get(page_url(custom_op)).content.decode()
     assert 'class="highlight"' in page  # fenced code is highlighted
     assert "<script" not in page.split('<article class="instructions">')[1].split("</article>")[0]
     starter = alice_client.get(reverse("courses:starter", args=[custom_op.course.slug, custom_op.slug]))
     assert starter["Content-Type"] == "application/zip"
     names = zipfile.ZipFile(io.BytesIO(starter.content)).namelist()
     assert names == ["custom_op/linear_op.py", "custom_op/README.md"]
+
+
+def test_a_post_to_the_assignment_page_itself_is_refused_not_dropped(alice_client, custom_op):
+    assert alice_client.post(page_url(custom_op), {"code": CORRECT}).status_code == 405
+    assert Submission.objects.count() == 0
