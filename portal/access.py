@@ -13,7 +13,7 @@ from __future__ import annotations
 from django.contrib.auth.models import AnonymousUser, User
 from django.utils import timezone
 
-from portal.courses.models import Assignment, Course, Enrollment
+from portal.courses.models import Assignment, Course, Enrollment, TeamMember
 
 STAFF_ROLES = (Enrollment.Role.TA, Enrollment.Role.INSTRUCTOR, "admin")
 MANAGER_ROLES = (Enrollment.Role.INSTRUCTOR, "admin")
@@ -67,11 +67,13 @@ def section_scope(*, course: Course, user: User | AnonymousUser) -> str | None:
 
 
 def can_view_submission(*, user: User | AnonymousUser, submission) -> bool:
-    """Its author and the course's staff (a section-scoped TA: of their section's students) see a
-    submission, its jobs and their live events."""
+    """Its author, their team (a team's submission is every member's), and the course's staff (a
+    section-scoped TA: of their section's students) see a submission, its jobs and their live events."""
     if not user.is_authenticated:
         return False
     if submission.student_id == user.pk:
+        return True
+    if submission.team_id and TeamMember.objects.filter(team_id=submission.team_id, user=user).exists():
         return True
     course = submission.assignment.course
     if not is_course_staff(course=course, user=user):

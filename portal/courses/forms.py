@@ -11,7 +11,7 @@ from portal.courses.models import Assignment, Course
 from portal.courses.policies import LatePolicy, visibility_rules_format, visibility_rules_parse
 from portal.courses.selectors import student_sections
 
-POLICY_DEFAULTED = ("late_policy", "late_penalty_per_day", "late_penalty_cap", "counts")
+POLICY_DEFAULTED = ("late_policy", "late_penalty_per_day", "late_penalty_cap", "counts", "team_size")
 WHEN = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
 
 
@@ -38,6 +38,7 @@ class AssignmentForm(forms.ModelForm):
             "submissions_per_hour",
             "counts",
             "test_visibility",
+            "team_size",
         ]
         widgets = {"opens_at": WHEN, "due_at": WHEN, "cutoff_at": WHEN}
 
@@ -97,6 +98,8 @@ class AssignmentForm(forms.ModelForm):
         for name in ("late_penalty_per_day", "late_penalty_cap"):
             if (data.get(name) or 0) > 100:
                 self.add_error(name, "A percentage: at most 100.")
+        if not 1 <= (data.get("team_size") or 1) <= 20:
+            self.add_error("team_size", "1 (each student on their own) to 20.")
         if data.get("late_policy") == LatePolicy.GRACE and not self.course.grace_days:
             self.add_error(
                 "late_policy",

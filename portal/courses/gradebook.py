@@ -10,34 +10,44 @@ from dataclasses import dataclass, field
 
 from django.contrib.auth.models import User
 from django.db import transaction
+from django.db.models import Q
 
 from portal.courses.audit import Action, audit
 from portal.courses.models import Assignment, Course, Enrollment, GradeOverride
 from portal.courses.policies import Grade, Graded, grade_for
+from portal.courses.teams import members_by_team
 from portal.submissions.models import Job
 
 FIXED_COLUMNS = ["username", "email", "section"]
 
 
 def graded_submissions(*, assignments: list[Assignment], student_ids: list[int] | None = None):
-    """Each (student, assignment)'s graded submissions, not disqualified, with the score of their
-    latest grading that finished with one (a rejudge's replaces the first; one still in progress,
-    an infrastructure error or a cancelled one has none)."""
+    """Each (student, assignment)'s graded submissions (on a team assignment, their team's), not
+    disqualified, with the score of their latest grading that finished with one (a rejudge's
+    replaces the first; one still in progress, an infrastructure error or a cancelled one has none)."""
     results = Job.results().filter(submission__assignment__in=assignments, submission__disqualified_at__isnull=True)
-    if student_ids is not None:
-        results = results.filter(submission__student_id__in=student_ids)
-    rows = results.values_list(
-        "submission_id",
-        "submission__assignment_id",
-        "submission__student_id",
-        "submission__created_at",
-        "score",
-        "submission__late_days",
-        "submission__marked_final",
+    if student_ids is not None:  # their own submissions, and their teams'
+        results = results.filter(
+            Q(submission__student_id__in=student_ids) | Q(submission__team__members__user_id__in=student_ids)
+        ).distinct()
+    rows = list(
+        results.values_list(
+            "submission_id",
+            "submission__assignment_id",
+            "submission__student_id",
+            "submission__team_id",
+            "submission__created_at",
+            "score",
+            "submission__late_days",
+            "submission__marked_final",
+        )
     )
+    # a team's submission is each of its (current) members'
+    members = members_by_team(team_ids={row[3] for row in rows if row[3]})
     found: dict[tuple[int, int], list[Graded]] = defaultdict(list)
-    for sid, assignment_id, student_id, created_at, score, late_days, marked in rows:
-        found[(student_id, assignment_id)].append(Graded(sid, created_at, score, late_days, marked))
+    for sid, assignment_id, student_id, team_id, created_at, score, late_days, marked in rows:
+        for owner in members.get(team_id, []) if team_id else [student_id]:
+            found[(owner, assignment_id)].append(Graded(sid, created_at, score, late_days, marked))
     return found
 
 

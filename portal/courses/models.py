@@ -118,6 +118,11 @@ class Assignment(models.Model):
         blank=True,
         help_text="[pattern, level] pairs tried before the lab's own (policies.test_visibility)",
     )
+    team_size = models.PositiveSmallIntegerField(
+        default=1,
+        help_text="1: each student on their own; more: done in the course's teams of at most this many, "
+        "a team's submission being every member's",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -126,6 +131,53 @@ class Assignment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.course.slug}/{self.slug}"
+
+
+class Team(models.Model):
+    """Students who work together on a course's team assignments (``Assignment.team_size`` > 1):
+    a team's submission is every member's; its quota, late days and leaderboard row are the team's.
+    A student is in at most one team of a course."""
+
+    course = models.ForeignKey(Course, on_delete=models.CASCADE, related_name="teams")
+    name = models.CharField(max_length=60)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["course", "name"]
+        constraints = [models.UniqueConstraint(fields=["course", "name"], name="unique_team_name_per_course")]
+
+    def __str__(self) -> str:
+        return f"team {self.name} of {self.course}"
+
+
+class TeamMember(models.Model):
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="members")
+    course = models.ForeignKey(Course, on_delete=models.CASCADE, related_name="+")  # one team per course
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="team_memberships")
+    joined_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["team", "user__username"]
+        constraints = [models.UniqueConstraint(fields=["course", "user"], name="one_team_per_student_per_course")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.team}"
+
+
+class TeamInvitation(models.Model):
+    """A member's invitation of a classmate into their team, until accepted or declined."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="invitations")
+    invitee = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="team_invitations")
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["team", "invitee"], name="one_invitation_per_team_invitee")]
+
+    def __str__(self) -> str:
+        return f"{self.invitee} invited to {self.team}"
 
 
 class Extension(models.Model):
@@ -181,6 +233,7 @@ class AuditEntry(models.Model):
         GRADE_OVERRIDE = "grade_override", "Grade overridden"
         DISQUALIFY = "disqualify", "Result disqualified or reinstated"
         REJUDGE = "rejudge", "Rejudge"
+        TEAMS = "teams", "Teams set"
 
     course = models.ForeignKey(Course, on_delete=models.CASCADE, related_name="audit")
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")

@@ -1,12 +1,14 @@
 """Roster import: a course's people from a CSV file, planned line by line, then applied.
 
-The file has a header and the columns ``username,email,first_name,last_name,role,section`` (in any
-order; ``section`` may be left out), UTF-8 with or without a byte-order mark, separated by ``,``
-or ``;``. ``plan`` reads it and says, for each line, what applying it would do: create (a new
-account or a new enrollment), update (what changes), leave unchanged, or refuse (and why); it
-writes nothing, so it is also the dry run. ``import_roster`` plans and carries out the accepted
-lines in one transaction. Applying the same file twice changes nothing the second time. New accounts get
-no usable password: ``invite_new_accounts`` mails each a link to set one (portal/accounts/invitations.py).
+The file has a header and the columns ``username,email,first_name,last_name,role,section`` (in any order;
+``section`` may be left out) and, optionally, ``team`` (a student's team for the course's team
+assignments: made if new, empty for none; portal/courses/teams.py), UTF-8 with or without a
+byte-order mark, separated by ``,`` or ``;``. ``plan`` reads it and says, for each line, what applying
+it would do: create (a new account or a new enrollment), update (what changes), leave unchanged,
+or refuse (and why); it writes nothing, so it is also the dry run. ``import_roster`` plans and
+carries out the accepted lines in one transaction. Applying the same file twice changes nothing
+the second time. New accounts get no usable password: ``invite_new_accounts`` mails each a link to
+set one (portal/accounts/invitations.py).
 
 Used by the staff pages and by ``manage.py roster import``. Portal code, trusted; the file is
 not (it comes from whoever holds the instructor's login).
@@ -27,8 +29,10 @@ from django.db import transaction
 from portal.accounts.invitations import needs_invitation, send_invitation
 from portal.courses.audit import Action, audit
 from portal.courses.models import Course, Enrollment
+from portal.courses.teams import MAX_NAME as MAX_TEAM_NAME
+from portal.courses.teams import team_move, team_of
 
-COLUMNS = ("username", "email", "first_name", "last_name", "role", "section")
+COLUMNS = ("username", "email", "first_name", "last_name", "role", "section", "team")
 REQUIRED = ("username", "email", "role")
 MAX_BYTES = 2 * 1024 * 1024  # some 20,000 students' lines
 MAX_ROWS = 20_000
@@ -158,6 +162,12 @@ def _plan_line(course: Course, number: int, row: dict[str, str]) -> Line:
             return _refused(number, row, f"{name} longer than 150 characters")
     if len(row.get("section", "")) > 50:
         return _refused(number, row, "section longer than 50 characters")
+    if "team" in row:
+        row = {**row, "team": " ".join(row["team"].split())}
+        if len(row["team"]) > MAX_TEAM_NAME:
+            return _refused(number, row, f"team longer than {MAX_TEAM_NAME} characters")
+        if row["team"] and role != Enrollment.Role.STUDENT:
+            return _refused(number, row, f"a {role} is in no team: teams are of students")
     row = {**row, "role": role}
     user = User.objects.filter(username=username).first()
     owner = User.objects.filter(email__iexact=email).exclude(username=username).first()
@@ -184,6 +194,10 @@ def _changes(user: User, enrollment: Enrollment | None, row: dict[str, str]) -> 
             changes.append(f"role {enrollment.role} -> {row['role']}")
         if "section" in row and enrollment.section != row["section"]:
             changes.append(f"section {enrollment.section!r} -> {row['section']!r}")
+    if "team" in row:
+        team = team_of(course_id=enrollment.course_id, user_id=user.pk) if enrollment is not None else None
+        if (team.name if team else "") != row["team"]:
+            changes.append(f"team {team.name if team else ''!r} -> {row['team']!r}")
     return changes
 
 
@@ -227,6 +241,8 @@ def _apply(course: Course, username: str, row: dict[str, str]) -> None:
     if "section" in row:
         defaults["section"] = row["section"]
     Enrollment.objects.update_or_create(course=course, user=user, defaults=defaults)
+    if "team" in row:
+        team_move(course=course, user=user, name=row["team"])
 
 
 def audit_import(course: Course, done: Plan, *, actor: User | None, actor_name: str = "(system)") -> None:

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from portal.courses import views
+from portal.courses import team_views, views
 
 app_name = "courses"
 urlpatterns = [
@@ -9,6 +9,8 @@ urlpatterns = [
     path("courses/<slug:course_slug>/", views.course_detail, name="course"),
     path("courses/<slug:course_slug>/staff/roster/", views.roster, name="roster"),
     path("courses/<slug:course_slug>/nickname/", views.nickname, name="nickname"),
+    path("courses/<slug:course_slug>/team/", team_views.team_action, name="team"),
+    path("courses/<slug:course_slug>/staff/teams/", team_views.staff_teams, name="teams"),
     path("courses/<slug:course_slug>/staff/assignments/", views.staff_assignments, name="staff_assignments"),
     path("courses/<slug:course_slug>/staff/settings/", views.course_settings, name="course_settings"),
     path("courses/<slug:course_slug>/staff/extensions/", views.extensions, name="extensions"),

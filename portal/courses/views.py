@@ -17,7 +17,7 @@ from portal.accounts.invitations import needs_invitation, send_invitation
 from portal.courses.audit import Action, audit
 from portal.courses.forms import AssignmentForm, CourseForm, CourseSettingsForm, ExtensionForm, OverrideForm
 from portal.courses.gradebook import export_csv, grade_of, gradebook, override_set, sort_rows
-from portal.courses.models import Assignment, Course, Extension
+from portal.courses.models import Assignment, Course, Extension, TeamInvitation
 from portal.courses.policies import grace_days_spent, hidden_patterns, reveal_at, window_for
 from portal.courses.roster import MAX_BYTES as ROSTER_MAX_BYTES
 from portal.courses.roster import RosterError, audit_import, import_roster, import_rows, invite_new_accounts
@@ -35,11 +35,12 @@ from portal.courses.services import (
     extension_revoke,
     nickname_set,
 )
+from portal.courses.teams import team_limit, team_member_ids, team_of
 from portal.submissions.forms import SubmitForm
 from portal.submissions.models import Job, Rejudge
 from portal.submissions.rejudge import RejudgeRefused, rejudge_progress, rejudge_start
 from portal.submissions.selectors import submissions_for_assignment
-from portal.submissions.standing import grace_days_by_assignment, standing_for
+from portal.submissions.standing import extension_of, grace_days_by_assignment, standing_for
 
 
 @login_required
@@ -88,9 +89,11 @@ def course_detail(request, course_slug: str):
     if role is None:
         raise Http404("No such course, or you are not enrolled in it.")
     assignments = list(assignments_for_user(course=course, user=request.user))
-    extended = {e.assignment_id: e for e in Extension.objects.filter(assignment__course=course, student=request.user)}
-    for assignment in assignments:
-        assignment.window = window_for(assignment, extended.get(assignment.pk))
+    team = team_of(course_id=course.pk, user_id=request.user.pk) if role == "student" else None
+    mates = team_member_ids(team=team) if team else [request.user.pk]
+    for assignment in assignments:  # a team's window: the latest-due extension of its members
+        who = mates if assignment.team_size > 1 else [request.user.pk]
+        assignment.window = window_for(assignment, extension_of(assignment=assignment, student_ids=who))
         assignment.closes = assignment.window.closes_at(assignment.late_policy)
     grace = None
     if role == "student" and course.grace_days:
@@ -108,6 +111,11 @@ def course_detail(request, course_slug: str):
             "can_manage_course": can_manage_course(course=course, user=request.user),
             "is_staff": is_course_staff(course=course, user=request.user),
             "nickname": course.enrollments.filter(user=request.user).values_list("nickname", flat=True).first(),
+            "team_limit": team_limit(course=course),
+            "team": team,
+            "team_invitations": TeamInvitation.objects.filter(team__course=course, invitee=request.user)
+            .select_related("team", "invited_by")
+            .order_by("team__name"),
         },
     )
 

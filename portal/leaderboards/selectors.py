@@ -39,7 +39,10 @@ def leaderboard_for_viewer(*, assignment: Assignment, user) -> Board:
         .values_list("user_id", "nickname")
     )
     for row in rows:
-        nickname = nicknames.get(row.pop("student_id"), "")
+        student_id = row.pop("student_id")
+        if student_id is None:  # a team's row shows its name
+            continue
+        nickname = nicknames.get(student_id, "")
         if staff:
             row["student"] = f"{row['student']} ({nickname})" if nickname else row["student"]
         elif nickname:
@@ -47,7 +50,8 @@ def leaderboard_for_viewer(*, assignment: Assignment, user) -> Board:
     return Board(rows, frozen and not staff, staff)
 
 
-def _row(rank: int, *, student_id: int, username: str, score, metric, job: Job | None, achieved_at) -> dict:
+def _row(rank: int, *, student_id: int | None, username: str, score, metric, job: Job | None, achieved_at) -> dict:
+    """One ranked row: a student's (``student_id``), or a team's (None, its name as ``username``)."""
     return {
         "rank": rank,
         "student_id": student_id,
@@ -69,14 +73,14 @@ def leaderboard_for_assignment(*, assignment: Assignment) -> list[dict]:
     )
     entries = (
         LeaderboardEntry.objects.filter(assignment=assignment)
-        .select_related("student", "job")
+        .select_related("student", "team", "job")
         .order_by("-score", metric_order, "achieved_at")
     )
     return [
         _row(
             rank,
-            student_id=e.student_id,
-            username=e.student.username,
+            student_id=None if e.team_id else e.student_id,
+            username=f"team {e.team.name}" if e.team_id else e.student.username,
             score=e.score,
             metric=e.metric,
             job=e.job,
@@ -101,8 +105,8 @@ def leaderboard_as_of(*, assignment: Assignment, when) -> list[dict]:
     return [
         _row(
             rank,
-            student_id=j.submission.student_id,
-            username=j.submission.student.username,
+            student_id=None if j.submission.team_id else j.submission.student_id,
+            username=f"team {j.submission.team.name}" if j.submission.team_id else j.submission.student.username,
             score=j.score,
             metric=j.metric,
             job=j,

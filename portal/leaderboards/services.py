@@ -30,64 +30,85 @@ def better(*, score: float, metric: float | None, than, direction: str) -> bool:
     return metric < than.metric if direction == "lower" else metric > than.metric
 
 
+def owner_of(submission) -> tuple[str, int]:
+    """Whose leaderboard row a submission's result counts for: its team's, on a team assignment,
+    else its student's."""
+    return ("team", submission.team_id) if submission.team_id else ("student", submission.student_id)
+
+
+def _entries(assignment, owner: tuple[str, int]):
+    kind, key = owner
+    if kind == "team":
+        return LeaderboardEntry.objects.filter(assignment=assignment, team_id=key)
+    return LeaderboardEntry.objects.filter(assignment=assignment, student_id=key, team__isnull=True)
+
+
 def leaderboard_record_job(*, job) -> LeaderboardEntry | None:
-    """Make ``job`` the student's entry if it beats their best; staff test runs are not ranked."""
+    """Make ``job`` the student's (or their team's) entry if it beats its best; staff test runs are
+    not ranked."""
     submission = job.submission
     assignment = submission.assignment
     if job.score is None or submission.disqualified_at is not None:
         return None
     if not is_ranked(course_id=assignment.course_id, user_id=submission.student_id):
         return None
-    entry = (
-        LeaderboardEntry.objects.select_for_update()
-        .filter(assignment=assignment, student_id=submission.student_id)
-        .first()
-    )
+    entries = _entries(assignment, owner_of(submission))
+    entry = entries.select_for_update().first()
     if entry is not None and not better(
         score=job.score, metric=job.metric, than=entry, direction=assignment.lab.metric_direction or "higher"
     ):
         return entry
-    entry, _ = LeaderboardEntry.objects.update_or_create(
-        assignment=assignment,
-        student_id=submission.student_id,
-        defaults={"job": job, "score": job.score, "metric": job.metric, "achieved_at": job.finished_at},
-    )
+    fields = {"job": job, "student_id": submission.student_id, "score": job.score, "metric": job.metric}
+    fields["achieved_at"] = job.finished_at
+    if entry is None:
+        entry = LeaderboardEntry.objects.create(assignment=assignment, team_id=submission.team_id, **fields)
+    else:
+        entries.update(**fields)
     transaction.on_commit(lambda: leaderboard_announce(assignment_id=assignment.pk))
     return entry
 
 
-def best_results(*, assignment, student_ids=None, submitted_by=None) -> dict[int, Job]:
-    """Each student's best result on the assignment, from scratch: among their submissions' results
-    (``Job.results``: a rejudge's replaces the first), disqualified ones left out; optionally only
-    some students, or only what was submitted by ``submitted_by``."""
+def best_results(*, assignment, student_ids=None, team_ids=None, submitted_by=None) -> dict[tuple[str, int], Job]:
+    """Each student's (or team's: ``owner_of``) best result on the assignment, from scratch: among
+    their submissions' results (``Job.results``: a rejudge's replaces the first), disqualified ones
+    left out; optionally only those submitted by some students, or of some teams, or by
+    ``submitted_by``."""
     jobs = Job.results().filter(submission__assignment=assignment, submission__disqualified_at__isnull=True)
     if student_ids is not None:
         jobs = jobs.filter(submission__student_id__in=student_ids)
+    if team_ids is not None:
+        jobs = jobs.filter(submission__team_id__in=team_ids)
     if submitted_by is not None:
         jobs = jobs.filter(submission__created_at__lte=submitted_by)
     direction = assignment.lab.metric_direction or "higher"
-    best: dict[int, Job] = {}
-    for job in jobs.select_related("submission__student").order_by("finished_at", "pk"):
-        held = best.get(job.submission.student_id)
+    best: dict[tuple[str, int], Job] = {}
+    for job in jobs.select_related("submission__student", "submission__team").order_by("finished_at", "pk"):
+        owner = owner_of(job.submission)
+        held = best.get(owner)
         if held is None or better(score=job.score, metric=job.metric, than=held, direction=direction):
-            best[job.submission.student_id] = job
+            best[owner] = job
     return best
 
 
-def leaderboard_rebuild(*, assignment, student_id: int) -> LeaderboardEntry | None:
-    """Make the student's entry their best result again, from scratch: after a result of theirs
-    was disqualified or reinstated, or regraded by a rejudge. No result left: no entry."""
-    job = best_results(assignment=assignment, student_ids=[student_id]).get(student_id)
+def leaderboard_rebuild(*, assignment, student_id: int, team_id: int | None = None) -> LeaderboardEntry | None:
+    """Make the student's (or team's) entry their best result again, from scratch: after a result
+    of theirs was disqualified or reinstated, or regraded by a rejudge. No result left: no entry."""
+    owner = ("team", team_id) if team_id else ("student", student_id)
+    if team_id:
+        jobs = best_results(assignment=assignment, team_ids=[team_id])
+    else:
+        jobs = best_results(assignment=assignment, student_ids=[student_id])
+    job = jobs.get(owner)
     transaction.on_commit(lambda: leaderboard_announce(assignment_id=assignment.pk))
-    if job is None or not is_ranked(course_id=assignment.course_id, user_id=student_id):
-        LeaderboardEntry.objects.filter(assignment=assignment, student_id=student_id).delete()
+    entries = _entries(assignment, owner)
+    if job is None or not is_ranked(course_id=assignment.course_id, user_id=job.submission.student_id):
+        entries.delete()
         return None
-    entry, _ = LeaderboardEntry.objects.update_or_create(
-        assignment=assignment,
-        student_id=student_id,
-        defaults={"job": job, "score": job.score, "metric": job.metric, "achieved_at": job.finished_at},
-    )
-    return entry
+    fields = {"job": job, "student_id": job.submission.student_id, "score": job.score, "metric": job.metric}
+    fields["achieved_at"] = job.finished_at
+    if not entries.update(**fields):
+        return LeaderboardEntry.objects.create(assignment=assignment, team_id=team_id, **fields)
+    return entries.first()
 
 
 def leaderboard_announce(*, assignment_id: int) -> None:

@@ -14,6 +14,11 @@ class Submission(models.Model):
 
     assignment = models.ForeignKey("courses.Assignment", on_delete=models.CASCADE, related_name="submissions")
     student = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="submissions")
+    # On a team assignment, the team it was made for (by ``student``, one of its members): it is
+    # every member's submission, and the team's quota, late days and leaderboard row count it.
+    team = models.ForeignKey(
+        "courses.Team", null=True, blank=True, on_delete=models.PROTECT, related_name="submissions"
+    )
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.UPLOAD)
     is_late = models.BooleanField(default=False)
     marked_final = models.BooleanField(

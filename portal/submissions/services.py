@@ -15,6 +15,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import RedisError
@@ -25,11 +26,11 @@ from portal.celery import app as celery_app
 from portal.courses import policies
 from portal.courses.audit import Action as AuditAction
 from portal.courses.audit import audit
-from portal.courses.models import Assignment, Enrollment
+from portal.courses.models import Assignment, Enrollment, Team
 from portal.leaderboards.services import leaderboard_rebuild, leaderboard_record_job
 from portal.submissions import streams
 from portal.submissions.models import Job, JobEvent, Submission, SubmissionFile
-from portal.submissions.standing import standing_for, windows_by_student
+from portal.submissions.standing import extension_of, standing_for, team_members, windows_by_submission
 
 log = logging.getLogger(__name__)
 State = Job.State
@@ -88,23 +89,33 @@ def submission_create(
     """Store the submission and its first job, then dispatch the job after commit; raises
     SubmissionRefused (storing nothing) when the window, late policy or quota refuses it.
 
-    The student's enrollment row is locked first, so two submissions at once cannot both take the
-    last one of a quota. If the broker is down the job simply stays queued; the sweeper dispatches
-    it later.
+    The student's enrollment row (on a team assignment, their team's row) is locked first, so two
+    submissions at once cannot both take the last one of a quota. If the broker is down the job
+    simply stays queued; the sweeper dispatches it later.
     """
     role = course_role(course=assignment.course, user=student)
     if role is None:
         raise SubmissionRefused("You are not enrolled in this course.")
+    team = None
     if role == "student":  # staff may always test an assignment: windows and quotas are the students'
-        Enrollment.objects.select_for_update().filter(course_id=assignment.course_id, user=student).first()
+        team, _ = team_members(assignment=assignment, student=student)
+        if team is not None:  # the team's quota: two members submitting at once take turns
+            Team.objects.select_for_update().filter(pk=team.pk).first()
+        else:
+            Enrollment.objects.select_for_update().filter(course_id=assignment.course_id, user=student).first()
         standing = standing_for(assignment=assignment, student=student)
         if standing.refusal is not None:
             raise SubmissionRefused(standing.refusal)
-        late_days = standing.acceptance.late_days
+        late_days, team = standing.acceptance.late_days, standing.team
     else:
         late_days = policies.days_late(timezone.now(), assignment.due_at)
     submission = Submission.objects.create(
-        assignment=assignment, student=student, source=source, is_late=late_days > 0, late_days=late_days
+        assignment=assignment,
+        student=student,
+        team=team,
+        source=source,
+        is_late=late_days > 0,
+        late_days=late_days,
     )
     SubmissionFile.objects.bulk_create(
         SubmissionFile(submission=submission, name=name, content=text, size=len(text.encode()))
@@ -282,7 +293,10 @@ def job_record_result(*, job_id: int, result: dict) -> Job | None:
         if verdict == State.ERROR:
             job_retry(job=job)
         elif job.kind == Job.Kind.REJUDGE:  # the new score replaces the submission's old one, up or down
-            leaderboard_rebuild(assignment=job.submission.assignment, student_id=job.submission.student_id)
+            submission = job.submission
+            leaderboard_rebuild(
+                assignment=submission.assignment, student_id=submission.student_id, team_id=submission.team_id
+            )
         else:
             leaderboard_record_job(job=job)
     _publish_portal_status(job)
@@ -369,14 +383,14 @@ def _publish_portal_status(job: Job) -> None:
 def submissions_refresh_lateness(*, assignment: Assignment, student_ids: list[int] | None = None) -> int:
     """Recompute the late days of an assignment's submissions after a due time moved (an extension
     granted or revoked, the assignment's due time edited). Returns how many changed."""
-    windows = windows_by_student(assignment=assignment)
+    windows = windows_by_submission(assignment=assignment)
     default = policies.window_for(assignment)
     submissions = Submission.objects.filter(assignment=assignment)
-    if student_ids is not None:
-        submissions = submissions.filter(student_id__in=student_ids)
+    if student_ids is not None:  # theirs, and their teams' (a member's extension covers the team)
+        submissions = submissions.filter(Q(student_id__in=student_ids) | Q(team__members__user_id__in=student_ids))
     changed = []
-    for submission in submissions.only("pk", "student_id", "created_at", "late_days", "is_late"):
-        days = policies.days_late(submission.created_at, windows.get(submission.student_id, default).due_at)
+    for submission in submissions.distinct().only("pk", "student_id", "created_at", "late_days", "is_late"):
+        days = policies.days_late(submission.created_at, windows.get(submission.pk, default).due_at)
         if days != submission.late_days:
             submission.late_days, submission.is_late = days, days > 0
             changed.append(submission)
@@ -389,20 +403,22 @@ def submission_mark_final(*, submission: Submission, user: User, now: datetime |
     """The student picks the submission that counts (assignments that count the marked one), while
     their window is open; it replaces their earlier mark."""
     assignment = submission.assignment
-    if submission.student_id != user.pk:
-        raise SubmissionRefused("Only its author marks a submission as final.")
+    team, members = team_members(assignment=assignment, student=user)
+    if submission.student_id != user.pk and (team is None or submission.team_id != team.pk):
+        raise SubmissionRefused("Only its author (or their team) marks a submission as final.")
     if assignment.counts != policies.Counts.MARKED:
         raise SubmissionRefused(
             f"This assignment counts your {assignment.counts} submission; there is nothing to mark."
         )
     now = now or timezone.now()
-    window = policies.window_for(assignment, assignment.extensions.filter(student=user).first())
+    window = policies.window_for(assignment, extension_of(assignment=assignment, student_ids=members))
     closes = window.closes_at(assignment.late_policy)
     if closes is not None and now > closes:
         raise SubmissionRefused(
             f"Submissions closed on {assignment.course.local(closes)}; the submission that counts is fixed."
         )
-    Submission.objects.filter(assignment=assignment, student=user, marked_final=True).update(marked_final=False)
+    own = Submission.objects.filter(team=team) if team else Submission.objects.filter(student=user, team=None)
+    own.filter(assignment=assignment, marked_final=True).update(marked_final=False)
     Submission.objects.filter(pk=submission.pk).update(marked_final=True)
     submission.marked_final = True
 
@@ -417,7 +433,7 @@ def submission_disqualify(*, submission: Submission, by: User, reason: str | Non
     Submission.objects.filter(pk=submission.pk).update(**fields)
     submission.refresh_from_db()
     assignment, who = submission.assignment, submission.student.username
-    leaderboard_rebuild(assignment=assignment, student_id=submission.student_id)
+    leaderboard_rebuild(assignment=assignment, student_id=submission.student_id, team_id=submission.team_id)
     done = f"disqualified: {reason}" if reason else f"reinstated (was: {was})"
     audit(
         course=assignment.course,

@@ -10,37 +10,63 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.contrib.auth.models import User
-from django.db.models import Max, OuterRef, QuerySet, Subquery
+from django.db.models import Max, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from portal.courses import policies
-from portal.courses.models import Assignment, Extension
+from portal.courses.models import Assignment, Extension, Team, TeamMember
 from portal.courses.policies import LatePolicy
+from portal.courses.teams import members_by_team, team_member_ids, team_of
 from portal.submissions.models import Job, Submission
 
 GIVEN_BACK = (Job.State.ERROR, Job.State.CANCELLED)
 
 
-def counted_submissions(*, assignment: Assignment | None = None, student: User) -> QuerySet[Submission]:
-    """The student's submissions that count against quotas and lateness: all but those whose
-    grading ended in an infrastructure error (after its retries) or was cancelled."""
+def owned_submissions(*, student: User, course_id: int) -> QuerySet[Submission]:
+    """The submissions that are the student's in a course: their own on individual assignments,
+    and their team's (whoever of it submitted) on team assignments."""
+    team = TeamMember.objects.filter(course_id=course_id, user=student).values("team_id")
+    return Submission.objects.filter(Q(student=student, team__isnull=True) | Q(team_id__in=team))
+
+
+def counted_submissions(
+    *, assignment: Assignment | None = None, student: User, course_id: int | None = None
+) -> QuerySet[Submission]:
+    """The student's (and their team's) submissions that count against quotas and lateness, on one
+    assignment or on every one of a course: all but those whose grading ended in an infrastructure
+    error (after its retries) or was cancelled."""
     own = Job.objects.filter(submission=OuterRef("pk"), kind=Job.Kind.SUBMISSION)  # not a staff rejudge
     latest_state = own.order_by("-attempt").values("state")[:1]
-    submissions = Submission.objects.filter(student=student)
+    submissions = owned_submissions(student=student, course_id=assignment.course_id if assignment else course_id)
     if assignment is not None:
         submissions = submissions.filter(assignment=assignment)
     return submissions.annotate(latest_state=Subquery(latest_state)).exclude(latest_state__in=GIVEN_BACK)
 
 
 def grace_days_by_assignment(*, course_id: int, student: User) -> dict[int, int]:
-    """Grace days each grace-policy assignment of the course has spent: its latest counted lateness."""
+    """Grace days each grace-policy assignment of the course has spent: its latest counted lateness
+    (on a team assignment, the team's: each member's bank pays it)."""
     rows = (
-        counted_submissions(student=student)
+        counted_submissions(student=student, course_id=course_id)
         .filter(assignment__course_id=course_id, assignment__late_policy=LatePolicy.GRACE, late_days__gt=0)
         .values("assignment_id")
         .annotate(days=Max("late_days"))
     )
     return {row["assignment_id"]: row["days"] for row in rows}
+
+
+def extension_of(*, assignment: Assignment, student_ids: list[int]) -> Extension | None:
+    """The extension that sets the window of these students' work: a student's own, or, for a team,
+    the latest-due of its members' (an extension granted to one member covers the team)."""
+    return assignment.extensions.filter(student_id__in=student_ids).order_by("-due_at", "pk").first()
+
+
+def team_members(*, assignment: Assignment, student: User) -> tuple[Team | None, list[int]]:
+    """On a team assignment, the student's team and its members' ids; else (None, [the student])."""
+    if assignment.team_size <= 1:
+        return None, [student.pk]
+    team = team_of(course_id=assignment.course_id, user_id=student.pk)
+    return team, (team_member_ids(team=team) if team else [student.pk])
 
 
 @dataclass(frozen=True)
@@ -54,6 +80,9 @@ class Standing:
     grace_spent: int
     grace_spent_here: int
     now: datetime
+    team: Team | None = None
+    team_size: int = 1  # members of ``team``
+    team_refusal: str | None = None  # why the student cannot submit to a team assignment
 
     @property
     def grace_left(self) -> int:
@@ -61,7 +90,7 @@ class Standing:
 
     @property
     def refusal(self) -> str | None:
-        return self.acceptance.refusal or self.quota.refusal(self.now)
+        return self.team_refusal or self.acceptance.refusal or self.quota.refusal(self.now)
 
     @property
     def closes_at(self) -> datetime | None:
@@ -74,16 +103,23 @@ class Standing:
 
 
 def standing_for(*, assignment: Assignment, student: User, now: datetime | None = None) -> Standing:
-    """The student's standing at ``now``: what they may submit and what it would cost."""
+    """The student's standing at ``now``: what they may submit and what it would cost. On a team
+    assignment it is their team's: its window (a member's extension covers it), its quota, and
+    the grace days its least-provided member has left."""
     now = now or timezone.now()
-    extension = Extension.objects.filter(assignment=assignment, student=student).first()
+    team, members = team_members(assignment=assignment, student=student)
+    extension = extension_of(assignment=assignment, student_ids=members)
     window = policies.window_for(assignment, extension)
     times = list(counted_submissions(assignment=assignment, student=student).values_list("created_at", flat=True))
     quota = policies.quota_for(assignment, times, now)
     bank = assignment.course.grace_days
-    spent_by = grace_days_by_assignment(course_id=assignment.course_id, student=student) if bank else {}
-    spent = policies.grace_days_spent(spent_by)
-    here = spent_by.get(assignment.pk, 0)
+    spent, here = 0, 0
+    if bank:
+        users = User.objects.filter(pk__in=members) if len(members) > 1 else [student]
+        for member in users:
+            spent_by = grace_days_by_assignment(course_id=assignment.course_id, student=member)
+            spent = max(spent, policies.grace_days_spent(spent_by))
+            here = max(here, spent_by.get(assignment.pk, 0))
     accept = policies.acceptance(
         assignment,
         window,
@@ -92,9 +128,32 @@ def standing_for(*, assignment: Assignment, student: User, now: datetime | None 
         grace_days_left=max(0, bank - spent),
         grace_days_spent_here=here,
     )
-    return Standing(assignment, window, extension, quota, accept, bank, spent, here, now)
+    refusal = None
+    if assignment.team_size > 1:
+        if team is None:
+            refusal = (
+                f"This assignment is done in teams of up to {assignment.team_size}: form a team or accept an "
+                "invitation on the course page first."
+            )
+        elif len(members) > assignment.team_size:
+            refusal = (
+                f"Team {team.name} has {len(members)} members; this assignment takes teams of up to "
+                f"{assignment.team_size}. Ask your instructor to split it."
+            )
+    return Standing(assignment, window, extension, quota, accept, bank, spent, here, now, team, len(members), refusal)
 
 
-def windows_by_student(*, assignment: Assignment) -> dict[int, policies.Window]:
-    """Each extended student's window; the others have the assignment's own."""
-    return {e.student_id: policies.window_for(assignment, e) for e in assignment.extensions.all()}
+def windows_by_submission(*, assignment: Assignment) -> dict[int, policies.Window]:
+    """The window of each submission of the assignment whose window is not the assignment's own:
+    its author's extension, or, for a team's, the latest-due extension of its members."""
+    extensions = {e.student_id: e for e in assignment.extensions.all()}
+    if not extensions:
+        return {}
+    teams = members_by_team(team_ids=assignment.submissions.exclude(team=None).values("team_id"))
+    windows = {}
+    for pk, student_id, team_id in assignment.submissions.values_list("pk", "student_id", "team_id"):
+        who = teams.get(team_id, [student_id]) if team_id else [student_id]
+        found = [extensions[i] for i in who if i in extensions]
+        if found:
+            windows[pk] = policies.window_for(assignment, max(found, key=lambda e: (e.due_at, -e.pk)))
+    return windows

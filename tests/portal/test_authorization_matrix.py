@@ -52,6 +52,8 @@ MATRIX = {
     "courses:course": COURSE,
     "courses:roster": MANAGERS,
     "courses:nickname": {**dict.fromkeys(ROLES, 405), "anonymous": "login"},  # POST only
+    "courses:team": {**dict.fromkeys(ROLES, 405), "anonymous": "login"},  # POST only
+    "courses:teams": MANAGERS,
     "courses:staff_assignments": MANAGERS,
     "courses:staff_assignment_edit": MANAGERS,
     "courses:course_settings": MANAGERS,
@@ -126,6 +128,8 @@ def world(cast, custom_op, django_capture_on_commit_callbacks):
         "courses:course": [course],
         "courses:roster": [course],
         "courses:nickname": [course],
+        "courses:team": [course],
+        "courses:teams": [course],
         "courses:staff_assignments": [course],
         "courses:staff_assignment_edit": [course, slug],
         "courses:course_settings": [course],
