@@ -34,4 +34,4 @@ app.conf.update(
         }
     },
 )
-app.autodiscover_tasks(["portal.submissions", "portal.catalog"])
+app.autodiscover_tasks(["portal.submissions", "portal.catalog", "portal.lti"])

@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "portal.courses",
     "portal.submissions",
     "portal.leaderboards",
+    "portal.lti",
 ]
 
 MIDDLEWARE = [
@@ -57,6 +58,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "portal.courses.middleware.CourseTimeZoneMiddleware",
+    "portal.lti.middleware.LmsFrameAncestorsMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -140,6 +142,15 @@ if OIDC_ENABLED:
             f"/.well-known/openid-configuration) or else {', '.join(_missing)} (docs/deployment.md)"
         )
 
+# LTI 1.3 (docs/lti.md): platforms are registered in Django admin. Inside an LMS's iframe the portal's
+# cookies are third-party: LTI_IFRAME_COOKIES=1 sends them SameSite=None; Secure (HTTPS only), and
+# LTI_FRAME_ANCESTORS (the LMS's origins, e.g. https://canvas.uni.edu) lets those pages frame the portal.
+LTI_HTTP_TIMEOUT = float(os.environ.get("LTI_HTTP_TIMEOUT", "10"))  # seconds, for every call to an LMS
+LTI_FRAME_ANCESTORS = env_list("LTI_FRAME_ANCESTORS", "")
+if env_bool("LTI_IFRAME_COOKIES", False):
+    SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "None"
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+
 # Mail: invitations to new accounts (docs/course-admin.md). The console backend prints them.
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
@@ -216,6 +227,11 @@ def _check_production() -> None:
         raise ImproperlyConfigured("DEBUG=0 needs a SECRET_KEY of at least 32 random characters (set SECRET_KEY)")
     if "*" in ALLOWED_HOSTS:
         raise ImproperlyConfigured("DEBUG=0 refuses ALLOWED_HOSTS='*'; list the portal's host names")
+    if globals().get("SESSION_COOKIE_SAMESITE") == "None" and not globals().get("SESSION_COOKIE_SECURE"):
+        raise ImproperlyConfigured(
+            "LTI_IFRAME_COOKIES=1 needs secure cookies (browsers drop SameSite=None cookies without Secure): "
+            "serve the portal over HTTPS and unset SECURE_COOKIES=0 (docs/lti.md)"
+        )
 
 
 _check_production()

@@ -12,6 +12,7 @@ urlpatterns = [
     path("", include("portal.submissions.urls")),
     path("", include("portal.leaderboards.urls")),
     path("", include("portal.analytics.urls")),
+    path("", include("portal.lti.urls")),
     path("", include("portal.courses.urls")),
 ]
 if settings.OIDC_ENABLED:  # single sign-on's oidc/ routes, only where it is configured (docs/deployment.md)

@@ -16,6 +16,7 @@ from portal.courses.audit import Action, audit
 from portal.courses.models import Assignment, Course, Enrollment, GradeOverride
 from portal.courses.policies import Grade, Graded, grade_for
 from portal.courses.teams import members_by_team
+from portal.lti.services import lti_grade_changed
 from portal.submissions.models import Job
 
 FIXED_COLUMNS = ["username", "email", "section"]
@@ -165,3 +166,4 @@ def override_set(*, assignment: Assignment, student: User, score: float | None, 
         previous=before.score if before else None,
         reason=reason,
     )
+    lti_grade_changed(assignment_id=assignment.pk, student_id=student.pk)  # to the LMS, where linked

@@ -27,7 +27,9 @@ from portal.courses import policies
 from portal.courses.audit import Action as AuditAction
 from portal.courses.audit import audit
 from portal.courses.models import Assignment, Enrollment, Team
+from portal.courses.teams import team_member_ids
 from portal.leaderboards.services import leaderboard_rebuild, leaderboard_record_job
+from portal.lti.services import lti_grade_changed
 from portal.submissions import streams
 from portal.submissions.models import Job, JobEvent, Submission, SubmissionFile
 from portal.submissions.standing import extension_of, standing_for, team_members, windows_by_submission
@@ -290,6 +292,8 @@ def job_record_result(*, job_id: int, result: dict) -> Job | None:
             result=parsed.to_dict(),
         )
         job_events_archive(job=job)
+        if verdict != State.ERROR:
+            grade_changed(submission=job.submission)
         if verdict == State.ERROR:
             job_retry(job=job)
         elif job.kind == Job.Kind.REJUDGE:  # the new score replaces the submission's old one, up or down
@@ -301,6 +305,14 @@ def job_record_result(*, job_id: int, result: dict) -> Job | None:
             leaderboard_record_job(job=job)
     _publish_portal_status(job)
     return job
+
+
+def grade_changed(*, submission: Submission) -> None:
+    """Its author's (a team's: each member's) final grade may have changed: tell the LMS, where the
+    assignment is linked to one (portal/lti; after commit, and nothing at all where it is not)."""
+    owners = team_member_ids(team=submission.team) if submission.team_id else [submission.student_id]
+    for student_id in owners:
+        lti_grade_changed(assignment_id=submission.assignment_id, student_id=student_id)
 
 
 def job_retry(*, job: Job) -> Job | None:
@@ -421,6 +433,7 @@ def submission_mark_final(*, submission: Submission, user: User, now: datetime |
     own.filter(assignment=assignment, marked_final=True).update(marked_final=False)
     Submission.objects.filter(pk=submission.pk).update(marked_final=True)
     submission.marked_final = True
+    grade_changed(submission=submission)
 
 
 @transaction.atomic
@@ -434,6 +447,7 @@ def submission_disqualify(*, submission: Submission, by: User, reason: str | Non
     submission.refresh_from_db()
     assignment, who = submission.assignment, submission.student.username
     leaderboard_rebuild(assignment=assignment, student_id=submission.student_id, team_id=submission.team_id)
+    grade_changed(submission=submission)
     done = f"disqualified: {reason}" if reason else f"reinstated (was: {was})"
     audit(
         course=assignment.course,

@@ -18,6 +18,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from portal.asgi import application
 from portal.catalog.models import LabUpload
 from portal.courses.services import assignment_create
+from portal.lti.models import LtiContext, LtiPlatform, LtiResourceLink
 from portal.routing import websocket_urlpatterns
 from portal.submissions.models import Rejudge
 from portal.submissions.services import submission_create
@@ -68,6 +69,13 @@ MATRIX = {
     "leaderboards:leaderboard": COURSE,
     "courses:staff_submissions": STAFF,
     "analytics:assignment": STAFF,
+    "lti:login": dict.fromkeys(ROLES, 400),  # public by protocol (the LMS's login initiation); without its iss: 400
+    "lti:launch": dict.fromkeys(ROLES, 405),  # public by protocol, POST only: the LMS's signed id_token decides
+    "lti:jwks": EVERYONE,  # public by protocol: the tool's public keys
+    "lti:config": ADMINS,
+    "lti:context": ADMINS,  # an unlinked LMS course: admins; instructors just after launching it (test_lti)
+    "lti:resource_link": MANAGERS,  # an LMS link of an LMS course linked to the course
+    "lti:roster_sync": {**dict.fromkeys(ROLES, 405), "anonymous": "login"},  # POST only
 }
 
 
@@ -116,6 +124,20 @@ def world(cast, custom_op, django_capture_on_commit_callbacks):
     )
     course, slug = custom_op.course.slug, custom_op.slug
     rejudge = Rejudge.objects.create(assignment=custom_op, scope="all", lab_version=1)
+    lms = LtiPlatform.objects.create(
+        name="LMS",
+        issuer="https://lms.example.edu",
+        client_id="c1",
+        auth_login_url="https://lms.example.edu/auth",
+        auth_token_url="https://lms.example.edu/token",
+        key_set_url="https://lms.example.edu/jwks",
+    )
+    unlinked = LtiContext.objects.create(platform=lms, context_id="ctx-unlinked")
+    lms_link = LtiResourceLink.objects.create(
+        platform=lms,
+        context=LtiContext.objects.create(platform=lms, context_id="ctx-linked", course=custom_op.course),
+        resource_link_id="rl-1",
+    )
     args = {
         "accounts:invitation": ["MQ", "no-such-token"],
         "catalog:upload": [upload.pk],
@@ -144,6 +166,9 @@ def world(cast, custom_op, django_capture_on_commit_callbacks):
         "leaderboards:leaderboard": [course, slug],
         "courses:staff_submissions": [course, slug],
         "analytics:assignment": [course, slug],
+        "lti:context": [unlinked.pk],
+        "lti:resource_link": [lms_link.pk],
+        "lti:roster_sync": [course],
     }
     people = {
         "anonymous": None,
