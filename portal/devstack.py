@@ -179,6 +179,11 @@ def main() -> int:
         for line in logins.read_text().splitlines():
             print(f"  {line}")
     print("Press Ctrl-C to stop.\n", flush=True)
+    # The demo's finished rejudge: once the worker has graded the late-work demo, rejudge it (once).
+    with open(stack.log_dir / "demo-rejudge.log", "ab") as log:
+        follow_up = subprocess.Popen(
+            [sys.executable, "manage.py", "demo", "--rejudge"], cwd=BASE_DIR, stdout=log, stderr=subprocess.STDOUT
+        )
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         while all(p.poll() is None for p in stack.processes.values()):
@@ -189,6 +194,8 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        if follow_up.poll() is None:
+            follow_up.kill()
         stack.stop()
 
 

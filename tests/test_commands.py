@@ -10,9 +10,11 @@ import sys
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
+from django.utils import timezone
 
 from labs.catalog import LABS_ROOT, discover_labs
-from portal.courses.models import Course, Enrollment
+from portal.courses.models import Assignment, Course, Enrollment
+from portal.submissions.models import Job
 
 SOLUTIONS = LABS_ROOT / "custom_op" / "solutions"
 
@@ -71,6 +73,13 @@ def test_demo_creates_the_course_users_and_every_lab_and_is_idempotent(db, capsy
     assert list(late.extensions.values_list("student__username", "reason")) == [("bob", "demo: a medical note")]
     sections = dict(Enrollment.objects.filter(course=course, role="student").values_list("user__username", "section"))
     assert sections == {"alice": "A", "bob": "A", "carol": "B"}
+    # a team assignment, and team Ada (set once: the second run changed nothing)
+    assert list(course.assignments.filter(team_size__gt=1).values_list("slug", "team_size")) == [
+        ("data-pipeline-parallel", 3)
+    ]
+    teams = [(t.name, sorted(t.members.values_list("user__username", flat=True))) for t in course.teams.all()]
+    assert teams == [("Ada", ["alice", "bob"])]
+    assert course.audit.filter(action="teams").count() == 1
     password = next(line for line in first.splitlines() if " alice " in line).split("password: ")[1].strip()
     assert User.objects.get(username="alice").check_password(password)
     assert password in second  # the same logins the second time
@@ -105,3 +114,24 @@ def test_lab_check_fails_when_a_solution_misses_the_outcome_it_promises(tmp_path
     checked = _manage("lab", "check", str(tmp_path / "demo_relu"), "--only", "leaky")
     assert checked.returncode == 1
     assert "FAIL leaky" in checked.stderr and "message 'negative inputs must give 0' not shown" in checked.stderr
+
+
+def test_demo_rejudges_the_late_work_once_it_is_graded_and_only_once(db, capsys, settings, tmp_path):
+    settings.VAR_DIR = tmp_path
+    call_command("demo")
+    capsys.readouterr()
+    call_command("demo", "--rejudge", "--wait", "0")
+    assert capsys.readouterr().out.strip() == (
+        "autodiff-late is not graded yet (is a grading worker running?); no rejudge"
+    )
+    late = Assignment.objects.get(course__slug="aisys-demo", slug="autodiff-late")
+    Job.objects.filter(submission__assignment=late).update(state="succeeded", score=100.0, finished_at=timezone.now())
+    call_command("demo", "--rejudge", "--wait", "0")
+    rejudge = late.rejudges.get()
+    assert capsys.readouterr().out.strip() == f"rejudge #{rejudge.pk} of autodiff-late: 1 submission(s) queued"
+    # carol's, the one that counts (alice's is disqualified), by the demo's instructor, after students' jobs
+    [item] = rejudge.items.select_related("submission__student", "job")
+    assert (item.submission.student.username, item.before_score, item.job.kind) == ("carol", 100.0, "rejudge")
+    assert rejudge.requested_by.username == "instructor"
+    call_command("demo", "--rejudge", "--wait", "0")
+    assert capsys.readouterr().out.strip() == "autodiff-late was rejudged already"
