@@ -103,10 +103,11 @@ class Quota:
     def left(self) -> int | None:
         return None if self.limit is None else max(0, self.limit - self.used)
 
-    def refusal(self, now: datetime) -> str | None:
+    def refusal(self, now: datetime, *, who: str = "You have") -> str | None:
+        """Why nothing more may be submitted now (``who``: "Team Ada has", on a team assignment)."""
         if self.limit is not None and self.used >= self.limit:
             return (
-                f"You have used all {self.limit} submissions this assignment allows; "
+                f"{who} used all {self.limit} submissions this assignment allows; "
                 "ask the course staff if one of them went wrong."
             )
         if self.next_at is not None and self.next_at > now:

@@ -12,7 +12,10 @@ from portal.leaderboards.services import leaderboard_group
 
 
 def leaderboard_rows_for_viewer(*, assignment_id: int, user) -> list[dict] | None:
-    assignment = Assignment.objects.select_related("course", "lab").filter(pk=assignment_id).first()
+    # as the page (courses.selectors.assignment_for_user): an archived course's leaderboards are closed
+    assignment = (
+        Assignment.objects.select_related("course", "lab").filter(pk=assignment_id, course__is_active=True).first()
+    )
     if assignment is None or not can_see_assignment(assignment=assignment, user=user):
         return None
     return leaderboard_for_viewer(assignment=assignment, user=user).rows

@@ -30,7 +30,7 @@ def leaderboard_for_viewer(*, assignment: Assignment, user) -> Board:
     staff = is_course_staff(course=assignment.course, user=user)
     frozen = assignment.course.freeze_leaderboards and timezone.now() > assignment.due_at
     if frozen and not staff:
-        rows = leaderboard_as_of(assignment=assignment, when=assignment.due_at)
+        rows = leaderboard_final(assignment=assignment)
     else:
         rows = leaderboard_for_assignment(assignment=assignment)
     nicknames = dict(
@@ -90,11 +90,12 @@ def leaderboard_for_assignment(*, assignment: Assignment) -> list[dict]:
     ]
 
 
-def leaderboard_as_of(*, assignment: Assignment, when) -> list[dict]:
-    """The ranking of what students submitted by ``when``: each one's best result among those
-    submissions (disqualified ones left out)."""
+def leaderboard_final(*, assignment: Assignment) -> list[dict]:
+    """The final ranking: each student's (team's) best result among what they submitted by their
+    own due time (an extension's, a team's), disqualified ones left out. A student still within an
+    extension can still enter it."""
     students = Enrollment.objects.filter(course_id=assignment.course_id, role=Enrollment.Role.STUDENT)
-    best = best_results(assignment=assignment, student_ids=students.values("user_id"), submitted_by=when)
+    best = best_results(assignment=assignment, student_ids=students.values("user_id"), on_time=True)
     direction = assignment.lab.metric_direction or "higher"
 
     def order(job: Job):

@@ -11,6 +11,7 @@ from django.db import transaction
 from portal.access import is_ranked
 from portal.leaderboards.models import LeaderboardEntry
 from portal.submissions.models import Job
+from portal.submissions.standing import windows_by_submission
 
 log = logging.getLogger(__name__)
 
@@ -68,21 +69,23 @@ def leaderboard_record_job(*, job) -> LeaderboardEntry | None:
     return entry
 
 
-def best_results(*, assignment, student_ids=None, team_ids=None, submitted_by=None) -> dict[tuple[str, int], Job]:
+def best_results(*, assignment, student_ids=None, team_ids=None, on_time=False) -> dict[tuple[str, int], Job]:
     """Each student's (or team's: ``owner_of``) best result on the assignment, from scratch: among
     their submissions' results (``Job.results``: a rejudge's replaces the first), disqualified ones
-    left out; optionally only those submitted by some students, or of some teams, or by
-    ``submitted_by``."""
+    left out; optionally only those submitted by some students, or of some teams, or ``on_time``:
+    by the due time of whoever made them (their extension's, their team's)."""
     jobs = Job.results().filter(submission__assignment=assignment, submission__disqualified_at__isnull=True)
     if student_ids is not None:
         jobs = jobs.filter(submission__student_id__in=student_ids)
     if team_ids is not None:
         jobs = jobs.filter(submission__team_id__in=team_ids)
-    if submitted_by is not None:
-        jobs = jobs.filter(submission__created_at__lte=submitted_by)
+    windows = windows_by_submission(assignment=assignment) if on_time else {}
     direction = assignment.lab.metric_direction or "higher"
     best: dict[tuple[str, int], Job] = {}
     for job in jobs.select_related("submission__student", "submission__team").order_by("finished_at", "pk"):
+        due = windows[job.submission_id].due_at if job.submission_id in windows else assignment.due_at
+        if on_time and job.submission.created_at > due:
+            continue
         owner = owner_of(job.submission)
         held = best.get(owner)
         if held is None or better(score=job.score, metric=job.metric, than=held, direction=direction):

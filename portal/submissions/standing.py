@@ -90,7 +90,8 @@ class Standing:
 
     @property
     def refusal(self) -> str | None:
-        return self.team_refusal or self.acceptance.refusal or self.quota.refusal(self.now)
+        who = f"Team {self.team.name} has" if self.team is not None else "You have"
+        return self.team_refusal or self.acceptance.refusal or self.quota.refusal(self.now, who=who)
 
     @property
     def closes_at(self) -> datetime | None:

@@ -110,6 +110,10 @@ WS_MATRIX = {
     ("ws/jobs/<int:job_id>/", "alice's job"): WS_COURSE,
     ("ws/assignments/<int:assignment_id>/leaderboard/", "a visible assignment"): WS_COURSE,
     ("ws/assignments/<int:assignment_id>/leaderboard/", "a hidden assignment"): WS_STAFF,
+    # an archived course's pages answer 404 to all (courses.selectors.assignment_for_user); so does its socket
+    ("ws/assignments/<int:assignment_id>/leaderboard/", "an archived course's assignment"): dict.fromkeys(
+        ROLES, REFUSED
+    ),
 }
 
 
@@ -218,12 +222,17 @@ def _ws_world(cast, custom_op):
     hidden = assignment_create(
         course=custom_op.course, lab=custom_op.lab, slug="hidden", due_at=custom_op.due_at, is_visible=False
     )
+    archived = CourseFactory(slug="archived", is_active=False)
+    for name, role in (("alice", "student"), ("tariq", "ta"), ("ines", "instructor")):
+        archived.enrollments.create(user=cast[name], role=role)
+    old_work = assignment_create(course=archived, lab=custom_op.lab, slug="old", due_at=custom_op.due_at)
     world = {}
     job = submission_create(student=cast["alice"], assignment=custom_op, files={"linear_op.py": "x = 1\n"}).jobs.get()
     paths = {
         "alice's job": f"/ws/jobs/{job.pk}/",
         "a visible assignment": f"/ws/assignments/{custom_op.pk}/leaderboard/",
         "a hidden assignment": f"/ws/assignments/{hidden.pk}/leaderboard/",
+        "an archived course's assignment": f"/ws/assignments/{old_work.pk}/leaderboard/",
     }
     other = CourseFactory(slug="other")
     olga = UserFactory(username="olga")

@@ -11,6 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import strip_tags
 
+from portal.courses.services import extension_grant
 from portal.leaderboards.consumers import leaderboard_rows_for_viewer
 from portal.leaderboards.selectors import leaderboard_for_viewer
 from portal.leaderboards.services import leaderboard_rebuild
@@ -88,3 +89,25 @@ def test_a_frozen_leaderboard_shows_students_the_ranking_at_the_due_time(client,
     course.freeze_leaderboards = False
     course.save()
     assert names(custom_op, cast["bob"])[0] == "alice"  # not frozen: the live ranking
+
+
+def test_the_final_ranking_keeps_what_a_student_with_an_extension_submitted_by_their_own_due_time(cast, custom_op):
+    course = cast["course"]
+    course.freeze_leaderboards = True
+    course.save()
+    due = timezone.now() - timedelta(hours=3)
+    custom_op.due_at, custom_op.late_policy = due, "penalty"
+    custom_op.save()
+    extension_grant(
+        assignment=custom_op,
+        students=[cast["bob"]],
+        due_at=due + timedelta(hours=2),
+        reason="medical note",
+        granted_by=cast["ines"],
+    )
+    graded(custom_op, cast["alice"], 60.0, at=due - timedelta(hours=1))
+    graded(custom_op, cast["alice"], 100.0, at=due + timedelta(hours=1))  # late for alice
+    graded(custom_op, cast["bob"], 80.0, at=due + timedelta(hours=1))  # on time for bob
+    graded(custom_op, cast["bob"], 95.0, at=due + timedelta(hours=2, minutes=30))  # late for bob too
+    board = leaderboard_for_viewer(assignment=custom_op, user=cast["carol"])
+    assert board.final and [(r["student"], r["score"]) for r in board.rows] == [("bob", 80.0), ("alice", 60.0)]

@@ -107,7 +107,7 @@ def test_quota_window_and_leaderboard_row_are_the_team_s(team_op):
     first = submission_create(student=alice, assignment=assignment, files=CODE)
     second = submission_create(student=bob, assignment=assignment, files=CODE)
     assert standing_for(assignment=assignment, student=alice).quota.left == 0
-    with pytest.raises(SubmissionRefused, match="used all 2 submissions"):
+    with pytest.raises(SubmissionRefused, match="Team Ada has used all 2 submissions this assignment allows"):
         submission_create(student=alice, assignment=assignment, files=CODE)
 
     grade(first, 70.0)
