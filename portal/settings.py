@@ -132,7 +132,13 @@ if OIDC_ENABLED:
     OIDC_TIMEOUT = float(os.environ.get("OIDC_TIMEOUT", "10"))
     _missing = [
         name
-        for name in ("OIDC_OP_AUTHORIZATION_ENDPOINT", "OIDC_OP_TOKEN_ENDPOINT", "OIDC_OP_USER_ENDPOINT")
+        # the issuer too: without it (and without discovery's) ID tokens' issuer would go unchecked
+        for name in (
+            "OIDC_OP_ISSUER",
+            "OIDC_OP_AUTHORIZATION_ENDPOINT",
+            "OIDC_OP_TOKEN_ENDPOINT",
+            "OIDC_OP_USER_ENDPOINT",
+        )
         + (("OIDC_OP_JWKS_ENDPOINT",) if OIDC_RP_SIGN_ALGO[:2] in ("RS", "ES") else ())
         if not globals()[name]
     ]
@@ -140,6 +146,10 @@ if OIDC_ENABLED:
         raise ImproperlyConfigured(
             "OIDC_RP_CLIENT_ID is set, so single sign-on is on: set OIDC_OP_DISCOVERY_URL (the provider's "
             f"/.well-known/openid-configuration) or else {', '.join(_missing)} (docs/deployment.md)"
+        )
+    if OIDC_RP_SIGN_ALGO.startswith("HS") and not OIDC_RP_CLIENT_SECRET:
+        raise ImproperlyConfigured(
+            f"OIDC_RP_SIGN_ALGO={OIDC_RP_SIGN_ALGO} checks ID tokens with the client secret: set OIDC_RP_CLIENT_SECRET"
         )
 
 # LTI 1.3 (docs/lti.md): platforms are registered in Django admin. Inside an LMS's iframe the portal's

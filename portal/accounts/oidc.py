@@ -17,6 +17,7 @@ never when the backend is built, since Django builds one for every request of a 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,8 +203,10 @@ class OidcCallbackView(OIDCAuthenticationCallbackView):
         request = self.request
         message = getattr(request, "oidc_refusal", "")
         if not message and request.GET.get("error"):
-            said = request.GET.get("error_description") or request.GET["error"]
-            message = f"{settings.OIDC_PROVIDER_NAME} did not log you in ({said[:200]}): try again."
+            # the OAuth error code only: the description is anyone's text (a crafted link), so it is logged
+            error = re.sub(r"[^a-z_]", "", request.GET["error"][:40])
+            LOGGER.info("single sign-on: provider error %s: %s", error, request.GET.get("error_description", "")[:300])
+            message = f"{settings.OIDC_PROVIDER_NAME} did not log you in ({error or 'an error'}): try again."
         elif not message:
             message = f"That {settings.OIDC_PROVIDER_NAME} login has expired or was not started here: try again."
         messages.error(request, message)

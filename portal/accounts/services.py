@@ -99,6 +99,14 @@ def oidc_identity_resolve(
             user.save()
         else:
             user = users[0]
+        if user.is_superuser or user.is_staff:
+            # an address alone never opens an admin account (a provider may not verify addresses);
+            # an admin links theirs in Django admin (OIDC identities), as LTI does for LMS ids
+            LOGGER.warning("single sign-on refused: %s is an admin account, not matched by email", user.username)
+            raise OidcLoginRefused(
+                f"The account for {email} is an admin account, which a first login does not match by email: "
+                "an admin links it in Django admin (OIDC identities)."
+            )
         if not user.is_active:
             raise OidcLoginRefused(f"The account for {email} is disabled: ask your instructor.")
         if OidcIdentity.objects.filter(user=user, issuer=issuer).exists():

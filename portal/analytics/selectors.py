@@ -186,8 +186,11 @@ def hourly_axis(
     return HourlySubmissions(labels, counts, earlier, after_due)
 
 
-def analytics_for_assignment(*, assignment: Assignment, section: str | None = None) -> AssignmentAnalytics:
-    """The four charts' numbers for one assignment, over its students (of one section, if given)."""
+def analytics_for_assignment(
+    *, assignment: Assignment, section: str | None = None, now: datetime | None = None
+) -> AssignmentAnalytics:
+    """The four charts' numbers for one assignment, over its students (of one section, if given);
+    on a team assignment each member counts the team's submission, as the gradebook does."""
     course, lab = assignment.course, assignment.lab
     book = gradebook(course=course, section=section, assignment_slug=assignment.slug)
     grades = [row.grades[0] for row in book.rows]
@@ -195,9 +198,12 @@ def analytics_for_assignment(*, assignment: Assignment, section: str | None = No
     finals = [g.final for g in grades if g.final is not None]
     counted_ids = [g.counted.submission_id for g in grades if g.counted is not None]
 
-    counted = Job.results().filter(submission_id__in=counted_ids).values_list("metric", "result__tests")
+    results = Job.results().filter(submission_id__in=set(counted_ids))
+    found = {
+        sid: (metric, tested) for sid, metric, tested in results.values_list("submission_id", "metric", "result__tests")
+    }
     metrics, tests = [], []
-    for metric, tested in counted:
+    for metric, tested in (found[sid] for sid in counted_ids if sid in found):  # once per student
         if metric is not None and math.isfinite(metric):
             metrics.append(metric)
         tests.append(tested)
@@ -222,7 +228,7 @@ def analytics_for_assignment(*, assignment: Assignment, section: str | None = No
         students=len(book.rows),
         graded=len(finals),
         score_histogram=score_histogram(finals),
-        hourly=hourly_axis(dict(by_hour), due_at=assignment.due_at, tz=course.tz, after_due=after_due),
+        hourly=hourly_axis(dict(by_hour), due_at=assignment.due_at, tz=course.tz, after_due=after_due, now=now),
         with_tests=with_tests,
         failing_tests=failing,
         metric=MetricDistribution(

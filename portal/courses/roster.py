@@ -196,7 +196,7 @@ def _changes(user: User, enrollment: Enrollment | None, row: dict[str, str]) -> 
             changes.append(f"section {enrollment.section!r} -> {row['section']!r}")
     if "team" in row:
         team = team_of(course_id=enrollment.course_id, user_id=user.pk) if enrollment is not None else None
-        if (team.name if team else "") != row["team"]:
+        if (team.name if team else "").casefold() != row["team"].casefold():
             changes.append(f"team {team.name if team else ''!r} -> {row['team']!r}")
     return changes
 

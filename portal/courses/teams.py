@@ -160,8 +160,8 @@ def team_move(*, course: Course, user: User, name: str) -> tuple[str, str]:
     old = TeamMember.objects.select_related("team").filter(course=course, user=user).first()
     old_name = old.team.name if old else ""
     name = " ".join(name.split())[:MAX_NAME]
-    if old is not None and old.team.name == name:
-        return old_name, name
+    if old is not None and old.team.name.casefold() == name.casefold():
+        return old_name, old_name
     if old is not None:
         old.delete()
         if not old.team.members.exists() and not old.team.submissions.exists():

@@ -1,6 +1,7 @@
 import base64
 import io
 import zipfile
+from collections import defaultdict
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -40,7 +41,7 @@ from portal.submissions.forms import SubmitForm
 from portal.submissions.models import Job, Rejudge
 from portal.submissions.rejudge import RejudgeRefused, rejudge_progress, rejudge_start
 from portal.submissions.selectors import submissions_for_assignment
-from portal.submissions.standing import extension_of, grace_days_by_assignment, standing_for
+from portal.submissions.standing import grace_days_by_assignment, latest_extension, owned_submissions, standing_for
 
 
 @login_required
@@ -91,9 +92,13 @@ def course_detail(request, course_slug: str):
     assignments = list(assignments_for_user(course=course, user=request.user))
     team = team_of(course_id=course.pk, user_id=request.user.pk) if role == "student" else None
     mates = team_member_ids(team=team) if team else [request.user.pk]
+    extensions = defaultdict(list)  # the user's and their teammates', in one query
+    for extension in Extension.objects.filter(assignment__course=course, student_id__in=mates):
+        extensions[extension.assignment_id].append(extension)
     for assignment in assignments:  # a team's window: the latest-due extension of its members
         who = mates if assignment.team_size > 1 else [request.user.pk]
-        assignment.window = window_for(assignment, extension_of(assignment=assignment, student_ids=who))
+        mine = latest_extension(e for e in extensions[assignment.pk] if e.student_id in who)
+        assignment.window = window_for(assignment, mine)
         assignment.closes = assignment.window.closes_at(assignment.late_policy)
     grace = None
     if role == "student" and course.grace_days:
@@ -238,7 +243,9 @@ def assignment_page(request, assignment: Assignment, *, form: SubmitForm | None 
     standing = None if is_staff else standing_for(assignment=assignment, student=request.user)
     grade = None if is_staff else grade_of(assignment=assignment, student=request.user)
     refusal = standing.refusal if standing is not None else None  # staff may always test an assignment
-    recent = submissions_for_assignment(assignment=assignment).filter(student=request.user)[:10]
+    # the user's own, and their team's on a team assignment
+    mine = owned_submissions(student=request.user, course_id=assignment.course_id).values("pk")
+    recent = submissions_for_assignment(assignment=assignment).filter(pk__in=mine)[:10]
     return render(
         request,
         "courses/assignment.html",

@@ -50,6 +50,13 @@ def leaderboard_for_viewer(*, assignment: Assignment, user) -> Board:
     return Board(rows, frozen and not staff, staff)
 
 
+def _who(team, student) -> dict:
+    """Whose row: a team's (named, no student to look a nickname up for), else a student's."""
+    if team is not None:
+        return {"student_id": None, "username": f"team {team.name}"}
+    return {"student_id": student.pk, "username": student.username}
+
+
 def _row(rank: int, *, student_id: int | None, username: str, score, metric, job: Job | None, achieved_at) -> dict:
     """One ranked row: a student's (``student_id``), or a team's (None, its name as ``username``)."""
     return {
@@ -79,8 +86,7 @@ def leaderboard_for_assignment(*, assignment: Assignment) -> list[dict]:
     return [
         _row(
             rank,
-            student_id=None if e.team_id else e.student_id,
-            username=f"team {e.team.name}" if e.team_id else e.student.username,
+            **_who(e.team, e.student),
             score=e.score,
             metric=e.metric,
             job=e.job,
@@ -106,8 +112,7 @@ def leaderboard_final(*, assignment: Assignment) -> list[dict]:
     return [
         _row(
             rank,
-            student_id=None if j.submission.team_id else j.submission.student_id,
-            username=f"team {j.submission.team.name}" if j.submission.team_id else j.submission.student.username,
+            **_who(j.submission.team, j.submission.student),
             score=j.score,
             metric=j.metric,
             job=j,

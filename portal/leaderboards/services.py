@@ -44,6 +44,16 @@ def _entries(assignment, owner: tuple[str, int]):
     return LeaderboardEntry.objects.filter(assignment=assignment, student_id=key, team__isnull=True)
 
 
+def _entry_set(assignment, owner: tuple[str, int], job) -> LeaderboardEntry:
+    """Make ``job`` the owner's entry (created if it has none)."""
+    fields = {"job": job, "student_id": job.submission.student_id, "score": job.score, "metric": job.metric}
+    fields["achieved_at"] = job.finished_at
+    entries = _entries(assignment, owner)
+    if entries.update(**fields):
+        return entries.first()
+    return LeaderboardEntry.objects.create(assignment=assignment, team_id=job.submission.team_id, **fields)
+
+
 def leaderboard_record_job(*, job) -> LeaderboardEntry | None:
     """Make ``job`` the student's (or their team's) entry if it beats its best; staff test runs are
     not ranked."""
@@ -59,12 +69,7 @@ def leaderboard_record_job(*, job) -> LeaderboardEntry | None:
         score=job.score, metric=job.metric, than=entry, direction=assignment.lab.metric_direction or "higher"
     ):
         return entry
-    fields = {"job": job, "student_id": submission.student_id, "score": job.score, "metric": job.metric}
-    fields["achieved_at"] = job.finished_at
-    if entry is None:
-        entry = LeaderboardEntry.objects.create(assignment=assignment, team_id=submission.team_id, **fields)
-    else:
-        entries.update(**fields)
+    entry = _entry_set(assignment, owner_of(submission), job)
     transaction.on_commit(lambda: leaderboard_announce(assignment_id=assignment.pk))
     return entry
 
@@ -103,15 +108,10 @@ def leaderboard_rebuild(*, assignment, student_id: int, team_id: int | None = No
         jobs = best_results(assignment=assignment, student_ids=[student_id])
     job = jobs.get(owner)
     transaction.on_commit(lambda: leaderboard_announce(assignment_id=assignment.pk))
-    entries = _entries(assignment, owner)
     if job is None or not is_ranked(course_id=assignment.course_id, user_id=job.submission.student_id):
-        entries.delete()
+        _entries(assignment, owner).delete()
         return None
-    fields = {"job": job, "student_id": job.submission.student_id, "score": job.score, "metric": job.metric}
-    fields["achieved_at"] = job.finished_at
-    if not entries.update(**fields):
-        return LeaderboardEntry.objects.create(assignment=assignment, team_id=team_id, **fields)
-    return entries.first()
+    return _entry_set(assignment, owner, job)
 
 
 def leaderboard_announce(*, assignment_id: int) -> None:

@@ -4,11 +4,21 @@ Django's clickjacking protection (X-Frame-Options: DENY) forbids every frame; an
 shows the portal inside the LMS's page. Where LTI_FRAME_ANCESTORS lists the LMS's origins, each
 response instead carries a Content-Security-Policy ``frame-ancestors 'self' <origins>``, which
 allows those pages and no other. Without the setting nothing changes.
+
+Staff and admin pages (``/admin/``, every ``.../staff/...`` page, the LTI config page) keep
+DENY: any author of an LMS page can frame what the LMS may frame, and a framed staff page
+could be clicked through (clickjacking) by a logged-in instructor.
 """
 
 from __future__ import annotations
 
 from django.conf import settings
+
+NEVER_FRAMED = ("/admin/", "/lti/config/")
+
+
+def _never_framed(path: str) -> bool:
+    return path.startswith(NEVER_FRAMED) or "/staff/" in path
 
 
 class LmsFrameAncestorsMiddleware:
@@ -17,7 +27,7 @@ class LmsFrameAncestorsMiddleware:
 
     def __call__(self, request):
         response = self.get_response(request)
-        if settings.LTI_FRAME_ANCESTORS:
+        if settings.LTI_FRAME_ANCESTORS and not _never_framed(request.path):
             policy = "frame-ancestors 'self' " + " ".join(settings.LTI_FRAME_ANCESTORS)
             if "X-Frame-Options" in response:
                 del response["X-Frame-Options"]

@@ -20,6 +20,7 @@ from functools import partial
 import requests
 from django.contrib.auth.models import User
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 from pylti1p3.assignments_grades import AssignmentsGradesService
 from pylti1p3.exception import LtiException, LtiServiceException
@@ -245,7 +246,7 @@ def lti_launch(*, launch: Launch) -> LaunchResult:
         )
     platform, course = launch.platform, context.course
     if course is None:
-        if role == Enrollment.Role.STUDENT:
+        if role != Enrollment.Role.INSTRUCTOR:  # linking is the LMS course's instructor's (a TA's neither)
             return LaunchResult(Destination.NOT_SET_UP, context, link)
         try:
             user = lti_user_find(platform=platform, sub=launch.sub, email=launch.email)
@@ -560,7 +561,7 @@ def _failed(link: LtiResourceLink, identity: LtiUser, score: float | None, error
     LtiGradePassback.objects.filter(pk=record.pk).update(
         score=score,
         status=LtiGradePassback.Status.FAILED,
-        attempts=record.attempts + 1,
+        attempts=F("attempts") + 1,  # two tries at once both count
         last_error=error[:2000],
         updated_at=timezone.now(),
     )

@@ -10,9 +10,9 @@ from django.utils import timezone
 
 from portal.access import can_view_submission, is_course_staff
 from portal.courses import policies
-from portal.courses.models import Assignment, TeamMember
+from portal.courses.models import Assignment
 from portal.submissions.models import Job, JobEvent, Submission
-from portal.submissions.standing import extension_of
+from portal.submissions.standing import extension_of, submission_owner_ids
 
 
 def submission_for_viewer(*, submission_id: int, user: User) -> Submission | None:
@@ -60,9 +60,7 @@ def test_view_for(*, submission: Submission, user: User | AnonymousUser, now: da
     if is_course_staff(course=assignment.course, user=user):
         return policies.TestView()
     rules = tuple(tuple(rule) for rule in [*assignment.test_visibility, *assignment.lab.test_visibility])
-    who = [submission.student_id]
-    if submission.team_id:  # a team's window: the latest-due extension of its members
-        who = list(TeamMember.objects.filter(team_id=submission.team_id).values_list("user_id", flat=True))
+    who = submission_owner_ids(submission=submission)  # a team's window: its members' latest extension
     window = policies.window_for(assignment, extension_of(assignment=assignment, student_ids=who))
     reveal = policies.reveal_at(assignment, window)
     now = now or timezone.now()

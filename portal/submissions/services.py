@@ -27,12 +27,17 @@ from portal.courses import policies
 from portal.courses.audit import Action as AuditAction
 from portal.courses.audit import audit
 from portal.courses.models import Assignment, Enrollment, Team
-from portal.courses.teams import team_member_ids
 from portal.leaderboards.services import leaderboard_rebuild, leaderboard_record_job
 from portal.lti.services import lti_grade_changed
 from portal.submissions import streams
 from portal.submissions.models import Job, JobEvent, Submission, SubmissionFile
-from portal.submissions.standing import extension_of, standing_for, team_members, windows_by_submission
+from portal.submissions.standing import (
+    extension_of,
+    standing_for,
+    submission_owner_ids,
+    team_members,
+    windows_by_submission,
+)
 
 log = logging.getLogger(__name__)
 State = Job.State
@@ -292,17 +297,17 @@ def job_record_result(*, job_id: int, result: dict) -> Job | None:
             result=parsed.to_dict(),
         )
         job_events_archive(job=job)
-        if verdict != State.ERROR:
-            grade_changed(submission=job.submission)
+        submission = job.submission
         if verdict == State.ERROR:
             job_retry(job=job)
         elif job.kind == Job.Kind.REJUDGE:  # the new score replaces the submission's old one, up or down
-            submission = job.submission
             leaderboard_rebuild(
                 assignment=submission.assignment, student_id=submission.student_id, team_id=submission.team_id
             )
+            grade_changed(submission=submission)
         else:
             leaderboard_record_job(job=job)
+            grade_changed(submission=submission)
     _publish_portal_status(job)
     return job
 
@@ -310,8 +315,7 @@ def job_record_result(*, job_id: int, result: dict) -> Job | None:
 def grade_changed(*, submission: Submission) -> None:
     """Its author's (a team's: each member's) final grade may have changed: tell the LMS, where the
     assignment is linked to one (portal/lti; after commit, and nothing at all where it is not)."""
-    owners = team_member_ids(team=submission.team) if submission.team_id else [submission.student_id]
-    for student_id in owners:
+    for student_id in submission_owner_ids(submission=submission):
         lti_grade_changed(assignment_id=submission.assignment_id, student_id=student_id)
 
 
@@ -401,12 +405,15 @@ def submissions_refresh_lateness(*, assignment: Assignment, student_ids: list[in
     if student_ids is not None:  # theirs, and their teams' (a member's extension covers the team)
         submissions = submissions.filter(Q(student_id__in=student_ids) | Q(team__members__user_id__in=student_ids))
     changed = []
-    for submission in submissions.distinct().only("pk", "student_id", "created_at", "late_days", "is_late"):
+    fields = ("pk", "assignment_id", "student_id", "team_id", "created_at", "late_days", "is_late")
+    for submission in submissions.distinct().only(*fields):
         days = policies.days_late(submission.created_at, windows.get(submission.pk, default).due_at)
         if days != submission.late_days:
             submission.late_days, submission.is_late = days, days > 0
             changed.append(submission)
     Submission.objects.bulk_update(changed, ["late_days", "is_late"])
+    for submission in changed:  # its late penalty, so its owners' final grade, may have moved
+        grade_changed(submission=submission)
     return len(changed)
 
 

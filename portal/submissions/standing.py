@@ -55,10 +55,23 @@ def grace_days_by_assignment(*, course_id: int, student: User) -> dict[int, int]
     return {row["assignment_id"]: row["days"] for row in rows}
 
 
+def latest_extension(extensions) -> Extension | None:
+    """Of the extensions of a team's members, the one that sets the team's window: the latest-due
+    (an extension granted to one member covers the team); of equals, the first granted."""
+    return max(extensions, key=lambda e: (e.due_at, -e.pk), default=None)
+
+
 def extension_of(*, assignment: Assignment, student_ids: list[int]) -> Extension | None:
-    """The extension that sets the window of these students' work: a student's own, or, for a team,
-    the latest-due of its members' (an extension granted to one member covers the team)."""
-    return assignment.extensions.filter(student_id__in=student_ids).order_by("-due_at", "pk").first()
+    """The extension that sets the window of these students' work: a student's own, or a team's
+    (``latest_extension`` of its members')."""
+    return latest_extension(assignment.extensions.filter(student_id__in=student_ids))
+
+
+def submission_owner_ids(*, submission: Submission) -> list[int]:
+    """Whose submission it is: its team's members (on a team assignment), else its author."""
+    if not submission.team_id:
+        return [submission.student_id]
+    return list(TeamMember.objects.filter(team_id=submission.team_id).values_list("user_id", flat=True))
 
 
 def team_members(*, assignment: Assignment, student: User) -> tuple[Team | None, list[int]]:
@@ -154,7 +167,7 @@ def windows_by_submission(*, assignment: Assignment) -> dict[int, policies.Windo
     windows = {}
     for pk, student_id, team_id in assignment.submissions.values_list("pk", "student_id", "team_id"):
         who = teams.get(team_id, [student_id]) if team_id else [student_id]
-        found = [extensions[i] for i in who if i in extensions]
-        if found:
-            windows[pk] = policies.window_for(assignment, max(found, key=lambda e: (e.due_at, -e.pk)))
+        extension = latest_extension(extensions[i] for i in who if i in extensions)
+        if extension is not None:
+            windows[pk] = policies.window_for(assignment, extension)
     return windows

@@ -33,6 +33,8 @@ DRAWN = """(id) => {
 def test_an_instructor_sees_the_four_charts_drawn(live_server, cast, custom_op, browser, tmp_path, monkeypatch):
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     course = cast["course"]
+    course.time_zone = "UTC"  # whole hours: the chart's buckets are the course's hours
+    course.save()
     due = timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     custom_op.due_at = due
     custom_op.save()

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.django_db
 
 NEW_YORK = zoneinfo.ZoneInfo("America/New_York")
 DUE = datetime(2026, 3, 5, 23, 0, tzinfo=NEW_YORK)  # 04:00 UTC the next day: UTC buckets would differ
+AFTER = DUE + timedelta(days=1)  # "now" in these tests: the assignment is closed, whatever the clock says
 
 
 def failed(*names: str) -> list[dict]:
@@ -85,7 +86,7 @@ def term(cast, custom_op):
 
 
 def test_the_charts_describe_each_students_counted_submission(term):
-    analytics = analytics_for_assignment(assignment=term["assignment"])
+    analytics = analytics_for_assignment(assignment=term["assignment"], now=AFTER)
     assert (analytics.students, analytics.graded) == (5, 4)
     assert [b.count for b in analytics.score_histogram] == [0, 1, 0, 0, 0, 1, 0, 0, 0, 2]
     assert [b.label for b in analytics.score_histogram][:2] == ["0–10", "10–20"]
@@ -99,14 +100,14 @@ def test_the_charts_describe_each_students_counted_submission(term):
 
 
 def test_submissions_are_counted_per_hour_in_the_course_time_zone_up_to_the_due_time(term):
-    hourly = analytics_for_assignment(assignment=term["assignment"]).hourly
+    hourly = analytics_for_assignment(assignment=term["assignment"], now=AFTER).hourly
     assert hourly.labels == ["03-05 20:00", "03-05 21:00", "03-05 22:00"]
     assert hourly.counts == [2, 1, 2]  # every submission, the uncounted ones too; carol's on the dot in the last
     assert (hourly.earlier, hourly.after_due, hourly.total) == (0, 1, 6)  # dave's disqualified one came late
 
 
 def test_a_section_limits_every_chart_to_its_students(term):
-    analytics = analytics_for_assignment(assignment=term["assignment"], section="B")
+    analytics = analytics_for_assignment(assignment=term["assignment"], section="B", now=AFTER)
     assert (analytics.students, analytics.graded) == (2, 2)
     assert [b.count for b in analytics.score_histogram] == [0, 1, 0, 0, 0, 1, 0, 0, 0, 0]
     assert [(t.name, t.failures) for t in analytics.failing_tests] == [("t1", 1), ("t2", 1), ("t3", 1)]
@@ -117,7 +118,7 @@ def test_a_section_limits_every_chart_to_its_students(term):
 def test_the_queries_do_not_grow_with_the_class(term):
     def queries() -> int:
         with CaptureQueriesContext(connection) as captured:
-            analytics_for_assignment(assignment=term["assignment"])
+            analytics_for_assignment(assignment=term["assignment"], now=AFTER)
         return len(captured)
 
     before = queries()

@@ -328,6 +328,11 @@ def test_an_lms_course_not_linked_yet(cast, custom_op, platform, lms):
         client = Client()
         client.force_login(cast[name])
         assert client.get(reverse("lti:context", args=[context.pk])).status_code == 404
+    # An LMS TA who instructs some portal course does not get to link the LMS course either.
+    client = Client()
+    answer, _, _ = launch(client, lms, sub="u-ines", roles=[TA_ROLE], email="ines@example.edu")
+    assert b"This course is not set up yet in AISys Labs: ask your instructor." in answer.content
+    assert logged_in(client) is None
 
 
 @pytest.mark.parametrize(
@@ -545,6 +550,11 @@ def test_the_lms_pages_named_may_frame_the_portal_and_no_other(cast, settings):
     page = client.get(reverse("courses:home"))
     assert "X-Frame-Options" not in page
     assert page["Content-Security-Policy"] == "frame-ancestors 'self' https://canvas.uni.edu https://moodle.uni.edu"
+    # staff pages are never framed: an LMS page's author could make an instructor click through them
+    client.force_login(cast["ines"])
+    for staff_page in (reverse("courses:roster", args=[cast["course"].slug]), reverse("catalog:uploads")):
+        answer = client.get(staff_page)
+        assert answer["X-Frame-Options"] == "DENY" and "Content-Security-Policy" not in answer
 
 
 def test_a_launch_the_roster_cannot_take_is_refused(linked, lms):

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -32,10 +34,11 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 
+from portal.accounts import oidc
 from portal.accounts.models import OidcIdentity
 from portal.accounts.oidc import oidc_urlpatterns
 from portal.urls import urlpatterns as portal_urlpatterns
-from tests.conftest import PASSWORD, free_port
+from tests.conftest import PASSWORD
 from tests.factories import UserFactory
 
 urlpatterns = [*portal_urlpatterns, *([] if django_settings.OIDC_ENABLED else oidc_urlpatterns())]
@@ -156,6 +159,14 @@ class LoopbackProvider:
         self.userinfo[access_token] = grant["claims"]
         id_token = jwt.encode(claims, grant["signing_key"], algorithm="RS256", headers={"kid": self.kid})
         return 200, {"access_token": access_token, "token_type": "Bearer", "expires_in": 300, "id_token": id_token}
+
+
+@pytest.fixture(autouse=True)
+def fresh_discovery():
+    """The discovery documents read by earlier tests (kept per process, per address) are forgotten."""
+    oidc._discovered.clear()
+    yield
+    oidc._discovered.clear()
 
 
 @pytest.fixture
@@ -370,6 +381,26 @@ def test_an_unverified_email_is_refused(client, sso, cast):
     assert "_auth_user_id" not in client.session
 
 
+def test_an_admin_account_is_never_matched_by_email(client, sso, cast):
+    User.objects.create_superuser("root", "root@example.edu", PASSWORD)
+    response = sso_login(client, sso, claims={"sub": "u-root", "email": "ROOT@example.edu"})  # no email_verified
+
+    page = html.unescape(refusal_on_login_page(client, response))
+    assert "The account for ROOT@example.edu is an admin account, which a first login does not match by email" in page
+    assert "_auth_user_id" not in client.session and not OidcIdentity.objects.exists()
+
+
+def test_the_provider_s_error_description_is_not_shown(client, sso, cast, caplog):
+    caplog.set_level(logging.INFO, logger="portal.accounts.oidc")
+    response = client.get(
+        reverse("oidc_authentication_callback"),
+        {"error": "access_denied", "error_description": "Call 0800-SCAM to unlock your account"},
+    )
+    page = refusal_on_login_page(client, response)
+    assert f"{PROVIDER_NAME} did not log you in (access_denied): try again." in html.unescape(page)
+    assert "0800-SCAM" not in page and "0800-SCAM" in caplog.text
+
+
 def test_a_changed_email_at_the_provider_still_logs_in_the_same_account(sso, cast):
     alice = cast["alice"]
     sso_login(Client(), sso, claims={"sub": "u-1001", "email": "alice@example.edu", "email_verified": True})
@@ -452,7 +483,7 @@ def test_a_state_is_used_once(client, sso, cast):
 
 def test_a_provider_that_cannot_be_reached_says_so_on_the_login_page(client, settings, provider, db, caplog):
     configure_sso(settings, provider_url=provider.url)
-    settings.OIDC_OP_DISCOVERY_URL = f"http://127.0.0.1:{free_port()}/.well-known/openid-configuration"
+    settings.OIDC_OP_DISCOVERY_URL = f"{provider.url}/missing/.well-known/openid-configuration"  # answers 404
 
     response = client.get(reverse("oidc_authentication_init"))
 
@@ -529,4 +560,4 @@ def test_settings_turn_sso_on_only_when_a_client_id_is_set():
     )
     assert half.returncode != 0
     assert "set OIDC_OP_DISCOVERY_URL" in half.stderr
-    assert "OIDC_OP_AUTHORIZATION_ENDPOINT, OIDC_OP_USER_ENDPOINT, OIDC_OP_JWKS_ENDPOINT" in half.stderr
+    assert "OIDC_OP_ISSUER, OIDC_OP_AUTHORIZATION_ENDPOINT, OIDC_OP_USER_ENDPOINT, OIDC_OP_JWKS_ENDPOINT" in half.stderr

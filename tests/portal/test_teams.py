@@ -14,6 +14,7 @@ from django.utils import timezone
 from django.utils.html import strip_tags
 
 from portal.access import can_view_submission
+from portal.analytics.selectors import analytics_for_assignment
 from portal.courses.gradebook import grade_of
 from portal.courses.models import AuditEntry, Team, TeamInvitation, TeamMember
 from portal.courses.roster import import_roster
@@ -48,7 +49,10 @@ def team_op(cast, custom_op, django_capture_on_commit_callbacks):
 
 def grade(submission: Submission, score: float) -> Job:
     job = submission.jobs.get()
-    Job.objects.filter(pk=job.pk).update(state="succeeded", score=score, finished_at=timezone.now())
+    tests = [{"name": "t", "points": 1.0, "outcome": "failed" if score < 100 else "passed", "message": ""}]
+    Job.objects.filter(pk=job.pk).update(
+        state="succeeded", score=score, metric=score / 10, result={"tests": tests}, finished_at=timezone.now()
+    )
     job.refresh_from_db()
     leaderboard_record_job(job=job)
     return job
@@ -100,6 +104,16 @@ def test_a_student_in_no_team_is_told_why_and_a_team_submission_is_every_member_
         team_leave(course=team_op["course"], user=alice)
 
 
+def test_a_member_s_assignment_page_lists_the_team_s_submissions(client, team_op):
+    submission = submission_create(student=team_op["bob"], assignment=team_op["assignment"], files=CODE)
+    client.force_login(team_op["alice"])
+    page = client.get(reverse("courses:assignment", args=[team_op["course"].slug, team_op["assignment"].slug]))
+    assert reverse("submissions:detail", args=[submission.pk]) in page.content.decode()
+    assert client.get(reverse("submissions:detail", args=[submission.pk])).status_code == 200
+    client.force_login(team_op["carol"])
+    assert client.get(reverse("submissions:detail", args=[submission.pk])).status_code == 404
+
+
 def test_quota_window_and_leaderboard_row_are_the_team_s(team_op):
     assignment, alice, bob = team_op["assignment"], team_op["alice"], team_op["bob"]
     assignment.max_submissions = 2
@@ -121,6 +135,11 @@ def test_quota_window_and_leaderboard_row_are_the_team_s(team_op):
     assert grade_of(assignment=assignment, student=alice).final == 90.0
     assert grade_of(assignment=assignment, student=bob).final == 90.0
     assert grade_of(assignment=assignment, student=team_op["carol"]).final is None
+    # analytics count the team's result once per member, as the gradebook does
+    analytics = analytics_for_assignment(assignment=assignment)
+    assert (analytics.graded, analytics.metric.values, analytics.with_tests) == (2, 2, 2)
+    assert analytics.score_histogram[-1].count == 2 and analytics.metric.median == 9.0
+    assert [(t.name, t.failures) for t in analytics.failing_tests] == [("t", 2)]
     submission_disqualify(submission=second, by=team_op["ines"], reason="copied")
     assert [(e.team.name, e.score) for e in LeaderboardEntry.objects.filter(assignment=assignment)] == [("Ada", 70.0)]
     assert grade_of(assignment=assignment, student=bob).final == 70.0
@@ -197,6 +216,9 @@ def test_the_roster_csv_s_team_column_puts_students_in_teams(team_op):
     members = {t.name: sorted(t.members.values_list("user__username", flat=True)) for t in course.teams.all()}
     assert members == {"Ada": ["alice", "bob", "carol"], "Hopper": ["dave"]}
     assert import_roster(course, data, dry_run=True).summary() == "created 0, updated 0, unchanged 3, refused 1"
+    # a team's name in another letter case is the same team
+    again = import_roster(course, b"username,email,role,team\ncarol,carol@example.edu,student,ADA\n", dry_run=True)
+    assert again.summary() == "created 0, updated 0, unchanged 1, refused 0"
 
 
 def test_students_use_the_course_page_to_form_a_team_and_answer_an_invitation(client, team_op):
