@@ -30,10 +30,12 @@ def _email_verified_is_false(value: object) -> bool:
     return value is False or (isinstance(value, str) and value.strip().lower() == "false")
 
 
-def _new_username(*, email: str) -> str:
+def username_for_email(*, email: str, taken: frozenset[str] | set[str] = frozenset()) -> str:
+    """A free username made from an email address's local part (``taken``: lower-cased names
+    already chosen in this batch, not yet saved)."""
     base = re.sub(r"[^\w.@+-]", "", email.split("@", 1)[0])[:140] or "user"
     username, n = base, 1
-    while User.objects.filter(username__iexact=username).exists():
+    while username.lower() in taken or User.objects.filter(username__iexact=username).exists():
         n += 1
         username = f"{base}{n}"
     return username
@@ -93,7 +95,10 @@ def oidc_identity_resolve(
             if not create_users:
                 raise OidcLoginRefused(f"No account for {email}: ask your instructor to add you to the course roster.")
             user = User(
-                username=_new_username(email=email), email=email, first_name=first_name[:150], last_name=last_name[:150]
+                username=username_for_email(email=email),
+                email=email,
+                first_name=first_name[:150],
+                last_name=last_name[:150],
             )
             user.set_unusable_password()
             user.save()

@@ -13,7 +13,6 @@ account (never a site admin's), else a new account is made; nobody is ever remov
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from functools import partial
 
@@ -28,15 +27,17 @@ from pylti1p3.grade import Grade as AgsScore
 from pylti1p3.lineitem import LineItem
 from pylti1p3.names_roles import NamesRolesProvisioningService
 
-from portal.access import can_manage_course
+from portal.access import can_manage_course, can_manage_labs
+from portal.accounts.services import username_for_email
 from portal.courses.audit import Action, audit
 from portal.courses.models import Assignment, Course, Enrollment
-from portal.courses.roster import Line, Plan, import_rows
+from portal.courses.roster import MAX_ROWS, Line, Plan, import_rows
 from portal.lti.launch import Launch
 from portal.lti.models import LtiContext, LtiGradePassback, LtiPlatform, LtiResourceLink, LtiUser
 from portal.lti.tool import service_connector
 
 LOGGER = logging.getLogger(__name__)
+MAX_MEMBER_PAGES = 200  # of Names and Roles answers (LMSs page by 10 to 1,000 members)
 
 MEMBERSHIP = "http://purl.imsglobal.org/vocab/lis/v2/membership"
 SCORE_SCOPE = "https://purl.imsglobal.org/spec/lti-ags/scope/score"
@@ -112,15 +113,6 @@ def lti_user_find(*, platform: LtiPlatform, sub: str, email: str) -> User | None
     return user
 
 
-def _new_username(*, email: str, taken: set[str]) -> str:
-    base = re.sub(r"[^\w.@+-]", "", email.split("@", 1)[0])[:140] or "user"
-    username, n = base, 1
-    while username.lower() in taken or User.objects.filter(username__iexact=username).exists():
-        n += 1
-        username = f"{base}{n}"
-    return username
-
-
 def _refused(number: int, label: str, reason: str) -> Line:
     return Line(number=number, username=label, action="refused", reason=reason)
 
@@ -157,7 +149,7 @@ def lti_members_apply(*, platform: LtiPlatform, course: Course, members: list[Me
                     )
                 )
                 continue
-            username, email = _new_username(email=member.email, taken=taken), member.email
+            username, email = username_for_email(email=member.email, taken=taken), member.email
         else:
             username, email = user.username, member.email or user.email
         taken.add(username.lower())
@@ -208,24 +200,35 @@ def _launch_record(*, launch: Launch) -> tuple[LtiContext, LtiResourceLink]:
             "This launch comes from outside an LMS course: add the portal to a course and launch it there."
         )
     context, _ = LtiContext.objects.get_or_create(platform=launch.platform, context_id=str(claim["id"]))
-    context.title, context.label = str(claim.get("title", ""))[:255], str(claim.get("label", ""))[:255]
     ags = launch.ags
-    if launch.memberships_url:
-        context.memberships_url = launch.memberships_url
-    if ags.get("lineitems"):
-        context.lineitems_url = ags["lineitems"]
-    context.save()
+    _save_changes(
+        context,
+        title=str(claim.get("title", ""))[:255],
+        label=str(claim.get("label", ""))[:255],
+        memberships_url=launch.memberships_url or context.memberships_url,
+        lineitems_url=ags.get("lineitems") or context.lineitems_url,
+    )
     claim = launch.resource_link
     link, _ = LtiResourceLink.objects.get_or_create(
         platform=launch.platform, resource_link_id=str(claim["id"]), defaults={"context": context}
     )
-    link.context, link.title = context, str(claim.get("title", ""))[:255]
+    changes = {"context": context, "title": str(claim.get("title", ""))[:255]}
     if ags:
-        link.lineitem_url = ags.get("lineitem", "") or link.lineitem_url
-        link.lineitems_url = ags.get("lineitems", "") or link.lineitems_url
-        link.ags_scopes = list(ags.get("scope", []))
-    link.save()
+        changes["lineitem_url"] = ags.get("lineitem", "") or link.lineitem_url
+        changes["lineitems_url"] = ags.get("lineitems", "") or link.lineitems_url
+        changes["ags_scopes"] = list(ags.get("scope", []))
+    _save_changes(link, **changes)
     return context, link
+
+
+def _save_changes(row, **values) -> None:
+    """Write only what a launch changed: at the start of a class every student's launch names the
+    same context and link, and an unconditional save would take their rows' lock every time."""
+    changed = [name for name, value in values.items() if getattr(row, name) != value]
+    for name in changed:
+        setattr(row, name, values[name])
+    if changed:
+        row.save(update_fields=[*changed, "updated_at"])  # auto_now is written only when named
 
 
 def _identity_record(*, platform: LtiPlatform, sub: str, user: User) -> None:
@@ -252,7 +255,7 @@ def lti_launch(*, launch: Launch) -> LaunchResult:
             user = lti_user_find(platform=platform, sub=launch.sub, email=launch.email)
         except LtiRefused:
             user = None
-        if user is None or not user.is_active or not _may_link_some_course(user):
+        if user is None or not user.is_active or not can_manage_labs(user=user):
             return LaunchResult(Destination.CONTEXT_UNLINKED, context, link)
         _identity_record(platform=platform, sub=launch.sub, user=user)
         return LaunchResult(Destination.LINK_CONTEXT, context, link, user=user)
@@ -299,10 +302,6 @@ def lti_launch(*, launch: Launch) -> LaunchResult:
         user=user,
         notice="This link of your LMS does not lead to an assignment yet: here is the course.",
     )
-
-
-def _may_link_some_course(user: User) -> bool:
-    return user.is_superuser or Enrollment.objects.filter(user=user, role=Enrollment.Role.INSTRUCTOR).exists()
 
 
 def lti_linkable_courses(*, user: User) -> list[Course]:
@@ -394,8 +393,17 @@ def lti_roster_sync(*, context: LtiContext, actor: User | None, actor_name: str 
     service = NamesRolesProvisioningService(
         service_connector(platform), {"context_memberships_url": context.memberships_url}
     )
+    found, url, pages = [], context.memberships_url, 0
     try:
-        found = service.get_members()
+        while url:  # page by page, bounded: the LMS's answer is not trusted to end
+            pages += 1
+            if pages > MAX_MEMBER_PAGES or len(found) > MAX_ROWS:
+                raise LtiRefused(
+                    f"{platform.name} answered with more than {MAX_MEMBER_PAGES} pages or {MAX_ROWS:,} members; "
+                    "nothing was changed: import the roster as a CSV file instead."
+                )
+            members, url = service.get_members_page(url)
+            found.extend(m for m in (members if isinstance(members, list) else []) if isinstance(m, dict))
     except (LtiException, requests.RequestException, ValueError, KeyError, TypeError) as exc:
         raise LmsUnavailable(f"The roster could not be read: {_lms_error(platform, exc)}. Try again later.")
     members, inactive = [], 0

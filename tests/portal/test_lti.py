@@ -10,6 +10,7 @@ key, another audience, a replayed nonce, an unknown deployment. Roster sync and 
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -31,9 +32,10 @@ from django.urls import reverse
 from portal.celery import app as celery_app
 from portal.courses.gradebook import override_set
 from portal.courses.models import AuditEntry, Enrollment
+from portal.lti import services as lti_services
 from portal.lti.models import LtiContext, LtiGradePassback, LtiPlatform, LtiResourceLink, LtiUser
-from portal.lti.services import lti_grade_changed, lti_grade_passback
-from portal.lti.tasks import PASSBACK_MAX_RETRIES, grade_passback
+from portal.lti.services import LtiRefused, lti_grade_changed, lti_grade_passback
+from portal.lti.tasks import GRADE_PASSBACK, PASSBACK_MAX_RETRIES, grade_passback
 from portal.submissions.models import Job, Submission
 from portal.submissions.services import job_record_result
 from tests.conftest import free_port
@@ -62,6 +64,7 @@ class FakeLms:
         self.tokens: dict[str, list[str]] = {}  # access token -> scopes granted
         self.assertions: list[dict] = []  # the verified client assertions' claims
         self.members: list[dict] = []
+        self.endless = False  # the memberships answer names itself as its next page, for ever
         self.scores: list[dict] = []
         self.lineitems: list[dict] = []  # those the tool created
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -107,10 +110,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def _answer(self, status: int, body: object, content_type: str = "application/json") -> None:
+    def _answer(self, status: int, body: object, content_type: str = "application/json", link: str = "") -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        if link:
+            self.send_header("Link", f'<{link}>; rel="next"')
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -127,7 +132,8 @@ class _Handler(BaseHTTPRequestHandler):
             if NRPS_SCOPE not in (self._scopes() or []):
                 return self._answer(401, {"error": "no token for Names and Roles"})
             body = {"id": self.path, "context": {"id": "ctx-1", "title": "AI Systems"}, "members": lms.members}
-            return self._answer(200, body, "application/vnd.ims.lti-nrps.v2.membershipcontainer+json")
+            more = lms.url(self.path) if lms.endless else ""
+            return self._answer(200, body, "application/vnd.ims.lti-nrps.v2.membershipcontainer+json", more)
         if self.path == "/lineitems":
             if LINEITEM_SCOPE not in (self._scopes() or []):
                 return self._answer(401, {"error": "no token for line items"})
@@ -180,8 +186,9 @@ def platform(lms):
     return registered
 
 
-def claims_for(lms, *, sub, roles, email, nonce, name=("", ""), aud=CLIENT_ID, deployment=DEPLOYMENT) -> dict:
-    now = int(time.time())
+def claims_for(lms, *, sub, roles, email, nonce, name=("", ""), aud=CLIENT_ID, deployment=DEPLOYMENT, clock=0) -> dict:
+    """An LMS's launch claims; ``clock``: seconds the LMS's clock is ahead of ours (behind if negative)."""
+    now = int(time.time()) + clock
     return {
         "iss": ISSUER,
         "aud": aud,
@@ -292,6 +299,9 @@ def test_a_launch_logs_in_enrolls_and_lands_on_the_assignment(linked, lms):
     assert (dana.username, dana.first_name, dana.last_name) == ("dana", "Dana", "Scully")
     assert not dana.has_usable_password()
     assert logged_in(client) == dana
+    # a launch that brings nothing new writes neither the context nor the link (their rows are shared)
+    assert LtiResourceLink.objects.get(pk=link.pk).updated_at == link.updated_at
+    assert LtiContext.objects.get(pk=context.pk).updated_at == context.updated_at
     assert Enrollment.objects.get(course=course, user=dana).role == "student"
     assert LtiUser.objects.get(platform=linked["platform"], sub="u-dana").user == dana
     assert client.get(answer.url).status_code == 200  # the assignment page, as her
@@ -335,6 +345,18 @@ def test_an_lms_course_not_linked_yet(cast, custom_op, platform, lms):
     assert logged_in(client) is None
 
 
+def test_an_lms_clock_a_little_ahead_still_launches_and_an_expired_token_says_so(linked, lms):
+    learner = {"sub": "u-eve", "roles": [ROLE + "Learner"], "email": "eve@uni.edu"}
+    client = Client()
+    answer, _, _ = launch(client, lms, **learner, clock=30)  # issued "in 30 s": within the minute's leeway
+    assert answer.status_code == 302 and logged_in(client) is not None
+    client = Client()
+    answer, _, _ = launch(client, lms, **learner, clock=-900)  # expired 10 minutes ago
+    assert answer.status_code == 403 and logged_in(client) is None
+    assert "token has expired or is not valid yet (Signature has expired)" in answer.content.decode()
+    assert not [key for key in client.session.keys() if key.startswith("lti1p3-launch-")]
+
+
 @pytest.mark.parametrize(
     "case, status, message",
     [
@@ -375,7 +397,7 @@ def test_a_launch_that_fails_a_check_logs_nobody_in(linked, lms, case, status, m
         assert not User.objects.filter(email="eve@uni.edu").exists()
 
 
-def test_roster_sync_through_names_and_roles(linked, lms, client):
+def test_roster_sync_through_names_and_roles(linked, lms, client, monkeypatch):
     lms.members = [
         {"user_id": "u-alice", "email": "alice@example.edu", "given_name": "Alice", "roles": [ROLE + "Learner"]},
         {"user_id": "u-erin", "email": "erin@uni.edu", "given_name": "Erin", "roles": [ROLE + "Learner"]},
@@ -406,6 +428,14 @@ def test_roster_sync_through_names_and_roles(linked, lms, client):
     assert any(NRPS_SCOPE in scopes for scopes in lms.tokens.values())
     assert lms.assertions and all(a["iss"] == a["sub"] == CLIENT_ID for a in lms.assertions)
 
+    # An LMS whose pages never end is not followed for ever, and nothing changes.
+    lms.endless = True
+    monkeypatch.setattr(lti_services, "MAX_MEMBER_PAGES", 3)
+    with pytest.raises(LtiRefused, match="more than 3 pages or 20,000 members; nothing was changed"):
+        lti_services.lti_roster_sync(context=LtiContext.objects.get(pk=linked["context"].pk), actor=linked["ines"])
+    assert AuditEntry.objects.filter(course=course, action="roster_import").count() == 1
+    lms.endless = False
+
     # Again from the command line: nothing to change; the refused line still refused (exit 1).
     from io import StringIO
 
@@ -418,10 +448,29 @@ def test_roster_sync_through_names_and_roles(linked, lms, client):
 
 @pytest.fixture
 def eager(monkeypatch):
+    """Celery runs a task where it is sent, its retries at once: only for the retry policy's test."""
     monkeypatch.setattr(celery_app.conf, "task_always_eager", True)
 
 
-def test_grade_passback_sends_the_final_score(linked, lms, eager, django_capture_on_commit_callbacks):
+@pytest.fixture
+def portal_queue(private_broker):
+    """Run what was sent to the portal queue (a private Redis) as its worker does; returns each
+    message's kwargs, having checked it is a grade passback."""
+
+    def run() -> list[dict]:
+        sent, client = [], private_broker.client()
+        while (raw := client.rpop("portal")) is not None:
+            envelope = json.loads(raw)
+            assert envelope["headers"]["task"] == GRADE_PASSBACK
+            kwargs = json.loads(base64.b64decode(envelope["body"]))[1]
+            grade_passback.apply(kwargs=kwargs)
+            sent.append(kwargs)
+        return sent
+
+    return run
+
+
+def test_grade_passback_sends_the_final_score(linked, lms, portal_queue, django_capture_on_commit_callbacks):
     assignment, alice, bob = linked["assignment"], linked["alice"], linked["bob"]
     launch(Client(), lms, sub="u-alice", roles=[ROLE + "Learner"], email="alice@example.edu")
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
@@ -429,6 +478,7 @@ def test_grade_passback_sends_the_final_score(linked, lms, eager, django_capture
             # an override is a final grade changed: override_set tells the LMS (after commit)
             override_set(assignment=assignment, student=alice, score=87.5, reason="regrade", by=linked["ines"])
     assert len(callbacks) == 1
+    assert portal_queue() == [{"assignment_id": assignment.pk, "student_id": alice.pk}]
     assert len(lms.scores) == 1
     sent = lms.scores[0]
     assert sent["content_type"] == "application/vnd.ims.lis.v1.score+json"
@@ -467,7 +517,9 @@ def test_grade_passback_sends_the_final_score(linked, lms, eager, django_capture
     assert "alice: 91: unchanged" in out.getvalue()
 
 
-def test_a_recorded_grading_sends_the_student_s_new_final_score(linked, lms, eager, django_capture_on_commit_callbacks):
+def test_a_recorded_grading_sends_the_student_s_new_final_score(
+    linked, lms, portal_queue, django_capture_on_commit_callbacks
+):
     """job_record_result is the other place a final grade changes: the LMS hears of it."""
     assignment, alice = linked["assignment"], linked["alice"]
     launch(Client(), lms, sub="u-alice", roles=[ROLE + "Learner"], email="alice@example.edu")
@@ -476,6 +528,7 @@ def test_a_recorded_grading_sends_the_student_s_new_final_score(linked, lms, eag
     result = {"job_id": job.pk, "verdict": "failed", "reason": "wrong_answer", "score": 66.0, "metric": None}
     with django_capture_on_commit_callbacks(execute=True):
         job_record_result(job_id=job.pk, result={**result, "summary": "1 of 3 tests failed: t"})
+    assert portal_queue() == [{"assignment_id": assignment.pk, "student_id": alice.pk}]
     assert [(s["body"]["scoreGiven"], s["body"]["userId"]) for s in lms.scores] == [(66.0, "u-alice")]
 
 
